@@ -34,4 +34,34 @@ struct accept_event {
 	char comm[TASK_COMM_LEN];
 };
 
+/* Filters, written by user space into .rodata before load (the verifier then prunes the
+ * branches of filters that are off). The program's only .rodata variable is one of these. */
+enum filter_flag {
+	FILTER_PID = 1 << 0,       /* pid_filter map */
+	FILTER_LPORT = 1 << 1,     /* lport_filter map */
+	FILTER_UID = 1 << 2,       /* config.uid */
+	FILTER_COMM = 1 << 3,      /* config.comm */
+	FILTER_NETNS = 1 << 4,     /* config.netns */
+	FILTER_CGROUP = 1 << 5,    /* cgroup_filter: a cgroup v2 directory, descendants included */
+	FILTER_CGROUPMAP = 1 << 6, /* bcc --cgroupmap: pinned hash of cgroup ids */
+	FILTER_MNTNSMAP = 1 << 7,  /* bcc --mntnsmap: pinned hash of mount namespace inodes */
+	FILTER_REMOTE = 1 << 8,    /* remote_filter LPM trie */
+	FILTER_FAMILY = 1 << 9,    /* config.family (4 or 6; IPv4-mapped IPv6 counts as 4) */
+	SAVED_REGS = 1 << 10,      /* read the listening fd from the task's saved user registers */
+};
+
+struct tcpaccept_config {
+	__u32 flags;     /* enum filter_flag */
+	__u32 uid;
+	__u32 netns;
+	__u32 family;
+	char comm[TASK_COMM_LEN];
+};
+
+/* Key of the remote-address LPM trie: IPv4 ranges are stored as IPv4-mapped IPv6. */
+struct remote_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
 #endif

@@ -1,0 +1,136 @@
+/* A hand-kept subset of the kernel's types, only the fields tcpaccept reads.
+ * Every struct carries preserve_access_index, so clang emits CO-RE relocations and libbpf
+ * fixes field offsets against the running kernel's BTF at load time: the layouts below
+ * need not match any kernel, only the field names and types must.
+ * Defining __VMLINUX_H__ makes bpf_tracing.h use the kernel's pt_regs field names. */
+#ifndef TCPACCEPT_KERNEL_TYPES_H
+#define TCPACCEPT_KERNEL_TYPES_H
+#define __VMLINUX_H__
+
+/* Fixed-width types and the BPF UAPI (map types, helper ids) come from the stable UAPI. */
+#include <linux/types.h>
+#include <linux/bpf.h>
+
+typedef _Bool bool;
+enum { false = 0, true = 1 };
+typedef __u16 umode_t;
+
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_RECV 3
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__be32 u6_addr32[4];
+	} in6_u;
+};
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	/* A u16 since 5.6, an 8-bit bitfield before: read it with BPF_CORE_READ_BITFIELD_PROBED. */
+	__u16 sk_protocol;
+	__u16 sk_type;
+	__u32 sk_ack_backlog;
+	__u32 sk_max_ack_backlog;
+};
+
+struct socket {
+	short type;
+	struct sock *sk;
+};
+
+struct inode {
+	umode_t i_mode;
+};
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct mnt_namespace {
+	struct ns_common ns;
+};
+
+struct nsproxy {
+	struct mnt_namespace *mnt_ns;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct files_struct *files;
+	struct nsproxy *nsproxy;
+};
+
+/* Only its existence matters: it appeared in 6.10 with inet_csk_accept(sk, arg). */
+struct proto_accept_arg {
+	int flags;
+	int err;
+	int is_empty;
+	bool kern;
+};
+
+#pragma clang attribute pop
+
+/* Context of the syscalls:sys_{enter,exit}_accept{,4} tracepoints (layout from their
+ * tracefs format files, stable ABI): 8 bytes of common fields, then the syscall number. */
+struct syscall_enter_ctx {
+	__u64 common;
+	int syscall_nr;
+	unsigned long args[6];
+};
+
+struct syscall_exit_ctx {
+	__u64 common;
+	int syscall_nr;
+	long ret;
+};
+
+#endif

@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: GPL-2.0
+/* tcpaccept: one event per successful passive TCP accept.
+ *
+ * Three attach methods share one event builder (emit_accept); user space keeps exactly one
+ * method's programs with bpf_program__set_autoload:
+ *   fexit      fexit/inet_csk_accept            (listener = arg 0, child = return value)
+ *   kprobe     kprobe + kretprobe inet_csk_accept (listener saved per thread at entry)
+ *   tracepoint syscalls:sys_exit_accept{,4}     (fds resolved through the task's fd table)
+ * plus tp_btf/inet_sock_set_state, which stamps when a child becomes ESTABLISHED so the
+ * accept can report how long it waited in the accept queue. */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "tcpaccept.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile struct tcpaccept_config config = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); /* user space may resize before load */
+} events SEC(".maps");
+
+/* Ring buffer reservations that failed: user space reports them, nothing is lost silently. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_events SEC(".maps");
+
+/* child sock -> ktime when it became ESTABLISHED. LRU: children never accepted age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} established_at SEC(".maps");
+
+/* tid -> listening sock, between kprobe and kretprobe (kprobe method only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u32);
+	__type(value, __u64);
+} accepting_sock SEC(".maps");
+
+/* tid -> listening fd, between sys_enter and sys_exit (tracepoint method, kernels < 5.15
+ * only: newer kernels read it from the saved user registers, which also covers accepts that
+ * were already blocked when tracing started). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u32);
+	__type(value, __s32);
+} accepting_fd SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+} lport_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct remote_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} remote_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cgroup_filter SEC(".maps");
+
+/* bcc's pinned filter maps (--cgroupmap, --mntnsmap): user space swaps in the pinned fd. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+} cgroupmap SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u32);
+} mntnsmap SEC(".maps");
+
+static __always_inline bool filter_on(__u32 flag)
+{
+	return config.flags & flag;
+}
+
+/* Filters that only need the current task: checked before any socket is read. */
+static __always_inline bool task_wanted(__u32 tgid)
+{
+	if (filter_on(FILTER_PID) && !bpf_map_lookup_elem(&pid_filter, &tgid))
+		return false;
+	if (filter_on(FILTER_UID) && (__u32)bpf_get_current_uid_gid() != config.uid)
+		return false;
+	if (filter_on(FILTER_COMM)) {
+		char comm[TASK_COMM_LEN];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < TASK_COMM_LEN; i++) {
+			if (comm[i] != config.comm[i])
+				return false;
+			if (!comm[i])
+				break;
+		}
+	}
+	if (filter_on(FILTER_CGROUP) && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
+		return false;
+	if (filter_on(FILTER_CGROUPMAP)) {
+		__u64 cgroup_id = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&cgroupmap, &cgroup_id))
+			return false;
+	}
+	if (filter_on(FILTER_MNTNSMAP)) {
+		struct task_struct *task = (void *)bpf_get_current_task();
+		__u64 mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+
+		if (!bpf_map_lookup_elem(&mntnsmap, &mntns))
+			return false;
+	}
+	return true;
+}
+
+static __always_inline bool is_v4_mapped(const __u8 *a)
+{
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return false;
+	return a[10] == 0xff && a[11] == 0xff;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
+
+	if (lost)
+		*lost += 1; /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline int emit_accept(struct sock *child, struct sock *listener, __s32 fd,
+				       __s32 listen_fd, __u8 probe)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u16 family, protocol;
+	struct accept_event *e;
+
+	if (!child)
+		return 0;
+	family = BPF_CORE_READ(child, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	protocol = BPF_CORE_READ_BITFIELD_PROBED(child, sk_protocol);
+	if (protocol != IPPROTO_TCP)
+		return 0;
+
+	__u16 lport = BPF_CORE_READ(child, __sk_common.skc_num);
+
+	if (filter_on(FILTER_LPORT) && !bpf_map_lookup_elem(&lport_filter, &lport))
+		return 0;
+
+	__u32 netns = BPF_CORE_READ(child, __sk_common.skc_net.net, ns.inum);
+
+	if (filter_on(FILTER_NETNS) && netns != config.netns)
+		return 0;
+
+	/* Filled field by field: an initializer would put an anonymous copy in .rodata,
+	 * where user space expects only the config. */
+	struct remote_key remote;
+	__u8 laddr[16];
+
+	__builtin_memset(&remote, 0, sizeof(remote));
+	__builtin_memset(laddr, 0, sizeof(laddr));
+	remote.prefixlen = 128;
+
+	if (family == AF_INET) {
+		/* IPv4 as IPv4-mapped IPv6 in the filter key; the event keeps 4 bytes. */
+		remote.addr[10] = 0xff;
+		remote.addr[11] = 0xff;
+		__be32 daddr = BPF_CORE_READ(child, __sk_common.skc_daddr);
+		__be32 saddr = BPF_CORE_READ(child, __sk_common.skc_rcv_saddr);
+
+		__builtin_memcpy(&remote.addr[12], &daddr, 4);
+		__builtin_memcpy(laddr, &saddr, 4);
+	} else {
+		BPF_CORE_READ_INTO(&remote.addr, child, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&laddr, child, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	}
+	if (filter_on(FILTER_FAMILY)) {
+		__u32 effective = family == AF_INET || is_v4_mapped(remote.addr) ? 4 : 6;
+
+		if (effective != config.family)
+			return 0;
+	}
+	if (filter_on(FILTER_REMOTE) && !bpf_map_lookup_elem(&remote_filter, &remote))
+		return 0;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->netns = netns;
+	e->fd = fd;
+	e->listen_fd = listen_fd;
+	e->family = family;
+	e->lport = lport;
+	e->rport = bpf_ntohs(BPF_CORE_READ(child, __sk_common.skc_dport));
+	e->probe = probe;
+	e->pad = 0;
+	if (family == AF_INET) {
+		__builtin_memset(e->raddr, 0, sizeof(e->raddr));
+		__builtin_memcpy(e->raddr, &remote.addr[12], 4);
+	} else {
+		__builtin_memcpy(e->raddr, remote.addr, sizeof(e->raddr));
+	}
+	__builtin_memcpy(e->laddr, laddr, sizeof(e->laddr));
+	/* The listener's queue, not the child's: what is still waiting after this accept. */
+	if (listener) {
+		e->backlog = BPF_CORE_READ(listener, sk_ack_backlog);
+		e->backlog_max = BPF_CORE_READ(listener, sk_max_ack_backlog);
+	} else {
+		e->backlog = 0;
+		e->backlog_max = 0;
+	}
+	__u64 child_key = (__u64)child;
+	__u64 *established = bpf_map_lookup_elem(&established_at, &child_key);
+
+	e->queue_latency_ns = established && e->ts_ns > *established ? e->ts_ns - *established : 0;
+	if (established)
+		bpf_map_delete_elem(&established_at, &child_key);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- fexit ---- */
+
+SEC("fexit/inet_csk_accept")
+int BPF_PROG(fexit_inet_csk_accept)
+{
+	__u64 *args = ctx;
+	struct sock *listener = (void *)args[0];
+	struct sock *child;
+
+	if (!task_wanted(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	/* 6.10 changed inet_csk_accept(sk, flags, err, kern) to inet_csk_accept(sk, arg): the
+	 * return value follows the last argument. The branch not taken is pruned at load. */
+	if (bpf_core_type_exists(struct proto_accept_arg))
+		child = (void *)args[2];
+	else
+		child = (void *)args[4];
+	return emit_accept(child, listener, -1, -1, PROBE_FEXIT);
+}
+
+/* ---- kprobe ---- */
+
+SEC("kprobe/inet_csk_accept")
+int BPF_KPROBE(kprobe_inet_csk_accept, struct sock *listener)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	__u64 sk = (__u64)listener;
+
+	if (!task_wanted(id >> 32))
+		return 0;
+	bpf_map_update_elem(&accepting_sock, &tid, &sk, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(kretprobe_inet_csk_accept, struct sock *child)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *listener = bpf_map_lookup_elem(&accepting_sock, &tid);
+	struct sock *listen_sk;
+
+	if (!listener)
+		return 0;
+	listen_sk = (void *)*listener;
+	bpf_map_delete_elem(&accepting_sock, &tid);
+	return emit_accept(child, listen_sk, -1, -1, PROBE_KPROBE);
+}
+
+/* ---- tracepoint ---- */
+
+static __always_inline struct sock *sock_of_fd(struct task_struct *task, __s32 fd)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file;
+	struct socket *socket;
+
+	if (!fdt || fd < 0 || (__u32)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	socket = BPF_CORE_READ(file, private_data);
+	return socket ? BPF_CORE_READ(socket, sk) : NULL;
+}
+
+static __always_inline int on_accept_enter(struct syscall_enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	__s32 fd = (__s32)ctx->args[0];
+
+	if (!task_wanted(id >> 32))
+		return 0;
+	bpf_map_update_elem(&accepting_fd, &tid, &fd, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct task_struct *task = (void *)bpf_get_current_task();
+	__s32 listen_fd = -1;
+	__s32 fd = (__s32)ctx->ret;
+
+	if (!filter_on(SAVED_REGS)) {
+		__s32 *saved = bpf_map_lookup_elem(&accepting_fd, &tid);
+
+		if (saved) {
+			listen_fd = *saved;
+			bpf_map_delete_elem(&accepting_fd, &tid);
+		}
+	}
+	if (ctx->ret < 0 || !task_wanted(id >> 32))
+		return 0;
+	if (filter_on(SAVED_REGS) && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs)) {
+		/* bpf_task_pt_regs wants a BTF task pointer (5.11+; this branch is 5.15+). */
+		struct pt_regs *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+		listen_fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	}
+	return emit_accept(sock_of_fd(task, fd), listen_fd >= 0 ? sock_of_fd(task, listen_fd) : NULL,
+			   fd, listen_fd, PROBE_TRACEPOINT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int tp_enter_accept4(struct syscall_enter_ctx *ctx)
+{
+	return on_accept_enter(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int tp_enter_accept(struct syscall_enter_ctx *ctx)
+{
+	return on_accept_enter(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tp_exit_accept4(struct syscall_exit_ctx *ctx)
+{
+	return on_accept_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int tp_exit_accept(struct syscall_exit_ctx *ctx)
+{
+	return on_accept_exit(ctx);
+}
+
+/* ---- accept-queue latency ---- */
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(stamp_established, struct sock *sk, int oldstate, int newstate)
+{
+	/* A passive open's child goes SYN_RECV -> ESTABLISHED as it enters the accept queue. */
+	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
+		return 0;
+	__u64 key = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+
+	bpf_map_update_elem(&established_at, &key, &now, BPF_ANY);
+	return 0;
+}

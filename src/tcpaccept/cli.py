@@ -1,0 +1,220 @@
+"""Command line: flags -> Config/OutputConfig, then trace. No BPF here."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import Callable, NoReturn, Optional, Sequence, TypeVar
+
+from . import __version__
+from .config import PROBE_CHOICES, Config, OutputConfig
+from .errors import TcpacceptError
+
+EXAMPLES = """\
+examples:
+  tcpaccept                      # trace all TCP accepts, seed layout
+  tcpaccept -t                   # TIME(s): seconds since tracing began (bcc -t)
+  tcpaccept -x                   # add UID, NETNS, FD and CGROUP columns
+  tcpaccept -l                   # add QLAT(ms): time each connection waited in the queue
+  tcpaccept -j                   # one JSON object per accept
+  tcpaccept -p 181,4242          # only accepts by PIDs 181 and 4242
+  tcpaccept -P 80,443            # only local ports 80 and 443
+  tcpaccept -4                   # only IPv4 (IPv4 clients of dual-stack listeners too)
+  tcpaccept -6                   # only IPv6
+  tcpaccept -u 33                # only processes of UID 33
+  tcpaccept -c nginx             # only processes named nginx
+  tcpaccept -N 4026531840        # only network namespace inode 4026531840
+  tcpaccept --cgroup /sys/fs/cgroup/system.slice/nginx.service   # one cgroup and below
+  tcpaccept -r 10.0.0.0/8,fd00::/8                               # only these clients
+  tcpaccept --cgroupmap /sys/fs/bpf/test01   # bcc: only cgroups in this pinned map
+  tcpaccept --mntnsmap /sys/fs/bpf/mnt_ns    # bcc: only mount namespaces in this map
+  tcpaccept --no-unmap           # show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d
+  tcpaccept -n 10                # stop after 10 accepts
+  tcpaccept -d 30                # stop after 30 seconds
+  tcpaccept --probe tracepoint   # force an attach method
+  tcpaccept --check              # what works on this kernel, and what auto would pick
+"""
+
+T = TypeVar("T")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags: one line on stderr and exit 2, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _list_of(parse: Callable[[str], T], what: str) -> Callable[[str], frozenset]:
+    def parse_list(text: str) -> frozenset:
+        items = [part.strip() for part in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"empty item in {what} list {text!r}")
+        return frozenset(parse(item) for item in items)
+
+    return parse_list
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} {text} out of range {low}..{high}")
+        return value
+
+    return parse
+
+
+def _positive_float(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if not 0 < value < 1e9:
+            raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address range {text!r}") from None
+
+
+def _comm(text: str) -> str:
+    # The kernel keeps 15 bytes of a task's name: a longer filter could never match.
+    if not text or len(text.encode()) > 15:
+        raise argparse.ArgumentTypeError(f"command name {text!r} must be 1 to 15 bytes")
+    return text
+
+
+def _existing(kind: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not os.path.exists(text):
+            raise argparse.ArgumentTypeError(f"{kind} {text!r} does not exist")
+        return text
+
+    return parse
+
+
+def _cgroup_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"cgroup {text!r} is not a directory")
+    if not os.path.exists(os.path.join(text, "cgroup.procs")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cgroup v2 directory")
+    return text
+
+
+pid_list = _list_of(_int_in(1, 4194304, "PID"), "PID")
+port_list = _list_of(_int_in(1, 65535, "port"), "port")
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog="tcpaccept",
+        description="Trace passive TCP connections (accept()) with eBPF.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("-T", "--time", action="store_true",
+                     help="include a TIME column, HH:MM:SS (the default layout already does)")
+    out.add_argument("-t", "--timestamp", action="store_true",
+                     help="TIME(s): seconds since tracing began instead of HH:MM:SS")
+    out.add_argument("-j", "--json", action="store_true", help="one JSON object per line")
+    out.add_argument("-x", "--extended", action="store_true",
+                     help="add UID, NETNS, FD and CGROUP (v2 path) columns")
+    out.add_argument("-l", "--latency", action="store_true",
+                     help="add QLAT(ms): time from ESTABLISHED to accept()")
+    out.add_argument("--no-unmap", dest="unmap", action="store_false",
+                     help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
+    out.add_argument("-v", "--verbose", action="store_true",
+                     help="say which attach method is used and why others are not; libbpf log")
+
+    flt = p.add_argument_group("filters (all run in the kernel)")
+    flt.add_argument("-p", "--pid", type=pid_list, metavar="PID[,PID...]",
+                     help="only these process IDs")
+    flt.add_argument("-P", "--port", type=port_list, metavar="PORT[,PORT...]",
+                     help="only these local ports")
+    family = flt.add_mutually_exclusive_group()
+    family.add_argument("-4", "--ipv4", action="store_true", help="only IPv4 clients")
+    family.add_argument("-6", "--ipv6", action="store_true", help="only IPv6 clients")
+    flt.add_argument("-u", "--uid", type=_int_in(0, 2**32 - 2, "UID"), help="only this UID")
+    flt.add_argument("-c", "--comm", type=_comm, metavar="NAME", help="only this process name")
+    flt.add_argument("-N", "--netns", type=_int_in(1, 2**32 - 1, "netns inode"),
+                     metavar="INODE", help="only this network namespace (inode number)")
+    flt.add_argument("--cgroup", type=_cgroup_dir, metavar="PATH",
+                     help="only processes in this cgroup v2 directory or below it")
+    flt.add_argument("-r", "--remote", type=_list_of(_network, "address range"),
+                     metavar="CIDR[,CIDR...]", help="only clients in these address ranges")
+    flt.add_argument("--cgroupmap", type=_existing("pinned map"), metavar="PATH",
+                     help="only cgroups in this pinned BPF hash (bcc)")
+    flt.add_argument("--mntnsmap", type=_existing("pinned map"), metavar="PATH",
+                     help="only mount namespaces in this pinned BPF hash (bcc)")
+
+    run = p.add_argument_group("running")
+    run.add_argument("-d", "--duration", type=_positive_float("duration"), metavar="SECONDS",
+                     help="stop after this many seconds")
+    run.add_argument("-n", "--count", type=_int_in(1, 2**63 - 1, "count"), metavar="N",
+                     help="stop after N accepts")
+    run.add_argument("--probe", choices=PROBE_CHOICES, default="auto",
+                     help="attach method (default: the best that works here)")
+    run.add_argument("--check", action="store_true",
+                     help="print what works on this kernel and exit")
+    run.add_argument("--version", action="version", version=f"tcpaccept {__version__}")
+    return p
+
+
+def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
+    family = 4 if args.ipv4 else 6 if args.ipv6 else None
+    config = Config(
+        pids=args.pid or frozenset(),
+        lports=args.port or frozenset(),
+        uid=args.uid,
+        comm=args.comm,
+        netns=args.netns,
+        cgroup=args.cgroup,
+        cgroupmap=args.cgroupmap,
+        mntnsmap=args.mntnsmap,
+        remotes=tuple(sorted(args.remote or (), key=str)),
+        family=family,
+        probe=args.probe,
+    )
+    output = OutputConfig(
+        json=args.json,
+        relative_time=args.timestamp,
+        extended=args.extended,
+        latency=args.latency,
+        unmap_ipv4=args.unmap,
+        count=args.count,
+        duration=args.duration,
+        verbose=args.verbose,
+    )
+    return config, output
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .session import check_report, trace  # deferred: --help needs no libbpf
+
+    try:
+        if args.check:
+            return check_report(sys.stdout, verbose=args.verbose)
+        config, output = configs_from(args)
+        return trace(config, output)
+    except TcpacceptError as exc:
+        print(f"tcpaccept: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

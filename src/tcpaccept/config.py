@@ -1,0 +1,45 @@
+"""What to trace (filters, attach method) and how to show it. Built by cli.py, no BPF here."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+PROBE_CHOICES = ("auto", "fexit", "kprobe", "tracepoint")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tracing settings. Every filter here runs in the kernel."""
+
+    pids: frozenset[int] = frozenset()
+    lports: frozenset[int] = frozenset()
+    uid: Optional[int] = None
+    comm: Optional[str] = None
+    netns: Optional[int] = None
+    cgroup: Optional[str] = None  # cgroup v2 directory, descendants included
+    cgroupmap: Optional[str] = None  # bcc-style pinned hash of cgroup ids
+    mntnsmap: Optional[str] = None  # bcc-style pinned hash of mount namespace inodes
+    remotes: tuple[IPNetwork, ...] = ()
+    family: Optional[int] = None  # 4 or 6; IPv4-mapped clients count as 4
+    probe: str = "auto"
+    ring_buffer_bytes: int = 4 << 20
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How events are shown; none of it changes what the kernel reports."""
+
+    json: bool = False
+    relative_time: bool = False  # bcc -t: TIME(s) since tracing began
+    extended: bool = False
+    latency: bool = False
+    unmap_ipv4: bool = True
+    count: Optional[int] = None
+    duration: Optional[float] = None
+    verbose: bool = False
+    summary_interval: Optional[float] = None
+    drops: bool = False
+    extra: dict = field(default_factory=dict)

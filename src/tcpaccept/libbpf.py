@@ -1,0 +1,298 @@
+"""A thin ctypes binding over the system libbpf.so.1 (stable 1.x API).
+
+Each kernel object has an owner with a close(): BpfObject owns its programs and maps,
+Link owns an attachment, RingBuffer owns its epoll set. Errors become LibbpfError with the
+object, the step and libbpf's own message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from typing import Callable, Iterator, Optional
+
+LIBBPF_SONAME = "libbpf.so.1"
+
+# enum libbpf_print_level
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+# enum bpf_prog_type
+BPF_PROG_TYPE_TRACEPOINT = 5
+
+
+class LibbpfError(Exception):
+    """A libbpf call failed; str() is one line naming the step and the reason."""
+
+    def __init__(self, step: str, err: int) -> None:
+        self.step = step
+        self.errno = abs(err)
+        super().__init__(f"{step}: {strerror(err)}")
+
+
+class LibbpfMissing(Exception):
+    pass
+
+
+_lib: Optional[ctypes.CDLL] = None
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+RING_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+_c = ctypes
+# name: (restype, argtypes)
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "libbpf_major_version": (_c.c_uint32, []),
+    "libbpf_minor_version": (_c.c_uint32, []),
+    "libbpf_strerror": (_c.c_int, [_c.c_int, _c.c_char_p, _c.c_size_t]),
+    "libbpf_set_print": (_c.c_void_p, [_PRINT_FN]),
+    "libbpf_probe_bpf_helper": (_c.c_int, [_c.c_int, _c.c_int, _c.c_void_p]),
+    "bpf_object__open_file": (_c.c_void_p, [_c.c_char_p, _c.c_void_p]),
+    "bpf_object__load": (_c.c_int, [_c.c_void_p]),
+    "bpf_object__close": (None, [_c.c_void_p]),
+    "bpf_object__find_program_by_name": (_c.c_void_p, [_c.c_void_p, _c.c_char_p]),
+    "bpf_object__find_map_by_name": (_c.c_void_p, [_c.c_void_p, _c.c_char_p]),
+    "bpf_object__next_program": (_c.c_void_p, [_c.c_void_p, _c.c_void_p]),
+    "bpf_program__name": (_c.c_char_p, [_c.c_void_p]),
+    "bpf_program__set_autoload": (_c.c_int, [_c.c_void_p, _c.c_bool]),
+    "bpf_program__autoload": (_c.c_bool, [_c.c_void_p]),
+    "bpf_program__attach": (_c.c_void_p, [_c.c_void_p]),
+    "bpf_link__destroy": (_c.c_int, [_c.c_void_p]),
+    "bpf_map__fd": (_c.c_int, [_c.c_void_p]),
+    "bpf_map__reuse_fd": (_c.c_int, [_c.c_void_p, _c.c_int]),
+    "bpf_map__set_max_entries": (_c.c_int, [_c.c_void_p, _c.c_uint32]),
+    "bpf_map__initial_value": (_c.c_void_p, [_c.c_void_p, _c.POINTER(_c.c_size_t)]),
+    "bpf_map__value_size": (_c.c_uint32, [_c.c_void_p]),
+    "bpf_map_update_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p, _c.c_uint64]),
+    "bpf_map_lookup_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
+    "bpf_obj_get": (_c.c_int, [_c.c_char_p]),
+    "ring_buffer__new": (_c.c_void_p, [_c.c_int, RING_SAMPLE_FN, _c.c_void_p, _c.c_void_p]),
+    "ring_buffer__poll": (_c.c_int, [_c.c_void_p, _c.c_int]),
+    "ring_buffer__consume": (_c.c_int, [_c.c_void_p]),
+    "ring_buffer__free": (None, [_c.c_void_p]),
+}
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded libbpf, typed; raises LibbpfMissing naming the Debian package."""
+    global _lib
+    if _lib is None:
+        try:
+            loaded = ctypes.CDLL(LIBBPF_SONAME, use_errno=True)
+        except OSError as exc:
+            raise LibbpfMissing(
+                f"{LIBBPF_SONAME} not found ({exc}): install the libbpf1 package "
+                "(apt-get install libbpf1)"
+            ) from None
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(loaded, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        _lib = loaded
+    return _lib
+
+
+def version() -> str:
+    return f"{lib().libbpf_major_version()}.{lib().libbpf_minor_version()}"
+
+
+def strerror(err: int) -> str:
+    """libbpf's message for codes >= 4000 (its own), the C library's for the rest."""
+    err = abs(err)
+    if err >= 4000:
+        buf = ctypes.create_string_buffer(128)
+        lib().libbpf_strerror(err, buf, len(buf))
+        return buf.value.decode(errors="replace")
+    return os.strerror(err)
+
+
+def _check_ptr(ptr: Optional[int], step: str) -> int:
+    """libbpf 1.x returns NULL and sets errno on failure."""
+    if not ptr:
+        raise LibbpfError(step, ctypes.get_errno() or errno.EINVAL)
+    return ptr
+
+
+def _check_rc(rc: int, step: str) -> int:
+    if rc < 0:
+        raise LibbpfError(step, rc)
+    return rc
+
+
+# Kept alive for as long as libbpf may call it.
+_print_callback: Optional[object] = None
+_vsnprintf = _libc.vsnprintf
+_vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def set_print(sink: Optional[Callable[[int, str], None]], max_level: int = LIBBPF_INFO) -> None:
+    """Route libbpf's log up to max_level to sink(level, line); None silences it."""
+    global _print_callback
+
+    def forward(level: int, fmt: bytes, args: int) -> int:
+        if sink is not None and level <= max_level:
+            buf = ctypes.create_string_buffer(1 << 20)  # verifier logs are long
+            # va_list is passed by pointer on x86-64 and arm64: vsnprintf can consume it.
+            _vsnprintf(buf, len(buf), fmt, args)
+            sink(level, buf.value.decode(errors="replace").rstrip("\n"))
+        return 0
+
+    _print_callback = _PRINT_FN(forward)
+    lib().libbpf_set_print(_print_callback)
+
+
+def probe_helper(prog_type: int, helper_id: int) -> bool:
+    """Whether the kernel lets prog_type call helper_id (libbpf loads a tiny program)."""
+    return lib().libbpf_probe_bpf_helper(prog_type, helper_id, None) == 1
+
+
+def pinned_fd(path: str) -> int:
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        raise LibbpfError(f"open pinned map {path}", ctypes.get_errno() or -fd)
+    return fd
+
+
+class Map:
+    def __init__(self, ptr: int, name: str) -> None:
+        self._ptr = ptr
+        self.name = name
+
+    @property
+    def fd(self) -> int:
+        return lib().bpf_map__fd(self._ptr)
+
+    def set_max_entries(self, entries: int) -> None:
+        _check_rc(lib().bpf_map__set_max_entries(self._ptr, entries), f"resize map {self.name}")
+
+    def reuse_fd(self, fd: int) -> None:
+        _check_rc(lib().bpf_map__reuse_fd(self._ptr, fd), f"reuse pinned map for {self.name}")
+
+    def initial_value(self) -> ctypes.Array:
+        """The map's writable initial data (.rodata/.data), only before load."""
+        size = ctypes.c_size_t()
+        ptr = _check_ptr(lib().bpf_map__initial_value(self._ptr, ctypes.byref(size)),
+                         f"initial value of {self.name}")
+        return (ctypes.c_char * size.value).from_address(ptr)
+
+    def update(self, key: bytes, value: bytes) -> None:
+        rc = lib().bpf_map_update_elem(self.fd, key, value, 0)
+        if rc < 0:
+            raise LibbpfError(f"update map {self.name}", ctypes.get_errno() or -rc)
+
+    def lookup(self, key: bytes, value_size: int) -> Optional[bytes]:
+        value = ctypes.create_string_buffer(value_size)
+        if lib().bpf_map_lookup_elem(self.fd, key, value) < 0:
+            return None
+        return value.raw
+
+
+class Program:
+    def __init__(self, ptr: int, name: str) -> None:
+        self._ptr = ptr
+        self.name = name
+
+    @property
+    def autoload(self) -> bool:
+        return bool(lib().bpf_program__autoload(self._ptr))
+
+    @autoload.setter
+    def autoload(self, value: bool) -> None:
+        _check_rc(lib().bpf_program__set_autoload(self._ptr, value), f"autoload {self.name}")
+
+    def attach(self) -> Link:
+        ptr = _check_ptr(lib().bpf_program__attach(self._ptr), f"attach {self.name}")
+        return Link(ptr, self.name)
+
+
+class Link:
+    def __init__(self, ptr: int, name: str) -> None:
+        self._ptr: Optional[int] = ptr
+        self.name = name
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class BpfObject:
+    """An opened (then loaded) BPF ELF object; close() frees programs, maps and links."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ptr: Optional[int] = _check_ptr(
+            lib().bpf_object__open_file(path.encode(), None), f"open {path}"
+        )
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def ptr(self) -> int:
+        if not self._ptr:
+            raise ValueError("BPF object is closed")
+        return self._ptr
+
+    def programs(self) -> Iterator[Program]:
+        prog = lib().bpf_object__next_program(self.ptr, None)
+        while prog:
+            yield Program(prog, lib().bpf_program__name(prog).decode())
+            prog = lib().bpf_object__next_program(self.ptr, prog)
+
+    def program(self, name: str) -> Program:
+        ptr = _check_ptr(lib().bpf_object__find_program_by_name(self.ptr, name.encode()),
+                         f"find program {name}")
+        return Program(ptr, name)
+
+    def map(self, name: str) -> Map:
+        ptr = _check_ptr(lib().bpf_object__find_map_by_name(self.ptr, name.encode()),
+                         f"find map {name}")
+        return Map(ptr, name)
+
+    def load(self) -> None:
+        _check_rc(lib().bpf_object__load(self.ptr), f"load {os.path.basename(self.path)}")
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().bpf_object__close(self._ptr)
+            self._ptr = None
+
+
+class RingBuffer:
+    """Consumes a BPF ring buffer; each sample is handed to on_sample(address, size).
+
+    The callback runs inside ring_buffer__poll: it must copy what it needs at once, the
+    memory is returned to the kernel when it returns.
+    """
+
+    def __init__(self, ring_map: Map, on_sample: Callable[[int, int], None]) -> None:
+        def trampoline(_ctx: int, data: int, size: int) -> int:
+            on_sample(data, size)
+            return 0
+
+        self._callback = RING_SAMPLE_FN(trampoline)  # kept alive with the ring
+        self._ptr: Optional[int] = _check_ptr(
+            lib().ring_buffer__new(ring_map.fd, self._callback, None, None),
+            f"ring buffer on {ring_map.name}",
+        )
+
+    def poll(self, timeout_ms: int) -> int:
+        """Samples consumed; 0 on timeout or when a signal interrupted the wait."""
+        rc = lib().ring_buffer__poll(self._ptr, timeout_ms)
+        if rc == -errno.EINTR:
+            return 0
+        return _check_rc(rc, "poll ring buffer")
+
+    def consume(self) -> int:
+        rc = lib().ring_buffer__consume(self._ptr)
+        return 0 if rc == -errno.EINTR else _check_rc(rc, "consume ring buffer")
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().ring_buffer__free(self._ptr)
+            self._ptr = None

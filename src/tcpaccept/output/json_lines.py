@@ -1,0 +1,52 @@
+"""One JSON object per accept (JSON Lines)."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Optional
+
+from ..event import Event
+from .clock import SecondCache, iso_prefix
+
+
+class JsonFormatter:
+    """Keys: event, time (ISO 8601, microseconds, local offset), pid, tid, comm, family,
+    raddr, rport, laddr, lport, backlog, backlog_max, fd, listen_fd, uid, netns, cgroup_id,
+    queue_latency_us (null when not measured); cgroup (path) when a resolver is given."""
+
+    def __init__(self, cgroup_path: Optional[Callable[[int], str]] = None) -> None:
+        self._clock = SecondCache(iso_prefix)
+        self._comm_json: dict[str, str] = {}
+        self.cgroup_path = cgroup_path
+
+    def time(self, time_ns: int) -> str:
+        seconds, ns = divmod(time_ns, 1_000_000_000)
+        stamp, offset = self._clock(seconds)
+        return f"{stamp}.{ns // 1000:06d}{offset}"
+
+    def _quoted_comm(self, comm: str) -> str:
+        # comm is chosen by the traced program: escape it properly, once per distinct name.
+        quoted = self._comm_json.get(comm)
+        if quoted is None:
+            quoted = self._comm_json[comm] = json.dumps(comm)
+        return quoted
+
+    def line(self, e: Event) -> str:
+        qlat = "null" if e.queue_latency_ns is None else f"{e.queue_latency_ns / 1000:.3f}"
+        cgroup = ""
+        if self.cgroup_path is not None:
+            cgroup = f', "cgroup": {json.dumps(self.cgroup_path(e.cgroup_id))}'
+        return (
+            f'{{"event": "accept", "time": "{self.time(e.time_ns)}", "pid": {e.pid}, '
+            f'"tid": {e.tid}, "comm": {self._quoted_comm(e.comm)}, "family": {e.family}, '
+            f'"raddr": "{e.raddr}", "rport": {e.rport}, "laddr": "{e.laddr}", '
+            f'"lport": {e.lport}, "backlog": {e.backlog}, "backlog_max": {e.backlog_max}, '
+            f'"fd": {_fd(e.fd)}, "listen_fd": {_fd(e.listen_fd)}, "uid": {e.uid}, '
+            f'"netns": {e.netns}, '
+            f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}{cgroup}}}'
+        )
+
+
+def _fd(fd: int) -> str:
+    """fexit and kprobe see the socket, not the descriptor: null rather than a fake -1."""
+    return str(fd) if fd >= 0 else "null"

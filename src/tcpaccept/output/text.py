@@ -1,0 +1,66 @@
+"""The seed's text layout (tcpaccept.bt), plus the optional columns of --extended/--latency."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ..event import Event
+from .clock import SecondCache, hms
+
+SEED_ROW = "{:<8} {:<6} {:<14} {:<39} {:<5} {:<39} {:<5} {}"
+_NS = 1_000_000_000
+
+
+class TextFormatter:
+    """Rows as `%-8s %-6d %-14s %-39s %-5d %-39s %-5d %d/%d`, like tcpaccept.bt.
+
+    relative_to_ns: when set (bcc's -t), TIME(s) is seconds since that moment instead of
+    the local HH:MM:SS. extended adds UID NETNS CGROUP FD; latency adds QLAT(ms).
+    """
+
+    def __init__(
+        self,
+        relative_to_ns: Optional[int] = None,
+        extended: bool = False,
+        latency: bool = False,
+        cgroup_path: Optional[Callable[[int], str]] = None,
+    ) -> None:
+        self.relative_to_ns = relative_to_ns
+        self.extended = extended
+        self.latency = latency
+        self.cgroup_path = cgroup_path or str
+        self._clock = SecondCache(hms)
+        self._has_extra = extended or latency
+
+    def header(self) -> str:
+        time_title = "TIME(s)" if self.relative_to_ns is not None else "TIME"
+        head = SEED_ROW.format(time_title, "PID", "COMM", "RADDR", "RPORT", "LADDR", "LPORT",
+                               "BL" if not self._has_extra else f"{'BL':<11}")
+        return head + self._extra_titles()
+
+    def _extra_titles(self) -> str:
+        extra = ""
+        if self.latency:
+            extra += f" {'QLAT(ms)':>10}"
+        if self.extended:
+            extra += f" {'UID':<6} {'NETNS':<11} {'FD':<5} CGROUP"
+        return extra
+
+    def _time(self, time_ns: int) -> str:
+        if self.relative_to_ns is None:
+            return self._clock(time_ns // _NS)
+        return f"{(time_ns - self.relative_to_ns) / _NS:.3f}"
+
+    def line(self, e: Event) -> str:
+        backlog = f"{e.backlog}/{e.backlog_max}"
+        row = SEED_ROW.format(self._time(e.time_ns), e.pid, e.comm, e.raddr, e.rport, e.laddr,
+                              e.lport, backlog if not self._has_extra else f"{backlog:<11}")
+        if not self._has_extra:
+            return row
+        if self.latency:
+            qlat = e.queue_latency_ns
+            row += f" {qlat / 1e6:>10.3f}" if qlat is not None else f" {'-':>10}"
+        if self.extended:
+            fd = e.fd if e.fd >= 0 else "-"
+            row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {self.cgroup_path(e.cgroup_id)}"
+        return row

@@ -1,0 +1,78 @@
+"""Which attach method works on this kernel, and why not the others.
+
+The methods, best first:
+  fexit       fexit on inet_csk_accept: cheapest; sees io_uring and in-kernel accepts.
+  kprobe      kprobe + kretprobe on inet_csk_accept: same coverage, a little dearer.
+  tracepoint  syscalls:sys_exit_accept{,4}: works without kprobes or fentry; sees accept()
+              and accept4() syscalls only, including ones already blocked at start.
+Cheap prerequisites are checked here; the real test is loading and attaching (tracer.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from . import libbpf
+from .errors import TcpacceptError
+from .preflight import BTF_PATH, ensure_tracefs
+
+METHODS = ("fexit", "kprobe", "tracepoint")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+BPF_FUNC_TASK_PT_REGS = 175  # enum bpf_func_id, since 5.15
+
+PROGRAMS = {
+    "fexit": ("fexit_inet_csk_accept",),
+    "kprobe": ("kprobe_inet_csk_accept", "kretprobe_inet_csk_accept"),
+    "tracepoint": ("tp_exit_accept4", "tp_exit_accept"),
+}
+# Only when the saved user registers cannot give the listening fd (kernels < 5.15).
+TRACEPOINT_ENTER_PROGRAMS = ("tp_enter_accept4", "tp_enter_accept")
+# Stamps when children become ESTABLISHED, for the accept-queue latency; every method.
+COMMON_PROGRAMS = ("stamp_established",)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The programs to load for one method, and how the tracepoint finds the listener."""
+
+    method: str
+    programs: tuple[str, ...]
+    saved_regs: bool = False
+
+
+def unusable_reason(method: str) -> Optional[str]:
+    """Why method cannot work here without trying to load it, or None if worth trying."""
+    if method == "fexit":
+        if not os.path.exists(BTF_PATH):
+            return "no kernel BTF"
+        return None
+    if method == "kprobe":
+        # kallsyms listing inet_csk_accept proves nothing: it does with kprobes compiled out.
+        if not os.path.isdir(KPROBE_PMU):
+            return f"no kprobe PMU ({KPROBE_PMU} missing: kernel built without kprobes)"
+        return None
+    if method == "tracepoint":
+        try:
+            tracefs = ensure_tracefs()
+        except TcpacceptError as exc:
+            return str(exc)
+        if not os.path.isdir(os.path.join(tracefs, "events/syscalls/sys_exit_accept4")):
+            return "no syscall tracepoints (kernel built without CONFIG_FTRACE_SYSCALLS)"
+        return None
+    raise ValueError(f"unknown attach method {method!r}")
+
+
+def plan_for(method: str) -> Plan:
+    if method != "tracepoint":
+        return Plan(method, PROGRAMS[method] + COMMON_PROGRAMS)
+    saved_regs = libbpf.probe_helper(libbpf.BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_TASK_PT_REGS)
+    programs = PROGRAMS[method] + COMMON_PROGRAMS
+    if not saved_regs:
+        programs += TRACEPOINT_ENTER_PROGRAMS
+    return Plan(method, programs, saved_regs)
+
+
+def candidates(requested: str) -> tuple[str, ...]:
+    return METHODS if requested == "auto" else (requested,)

@@ -1,0 +1,91 @@
+"""Wires a Config to a Tracer and an output sink, with the CLI's error and exit handling."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from typing import Optional, TextIO
+
+from . import libbpf, preflight, probes
+from .cgroups import CgroupPaths
+from .config import Config, OutputConfig
+from .errors import TcpacceptError
+from .event import Decoder
+from .output.json_lines import JsonFormatter
+from .output.text import TextFormatter
+from .run import BANNER, LineSink, Sink, StopFlag, run, silence_stdout
+from .tracer import Tracer
+
+
+def _stderr_logger(verbose: bool):
+    def log(message: str) -> None:
+        if verbose:
+            print(f"tcpaccept: {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _prepare(verbose: bool) -> None:
+    """Fail early and clearly; libbpf's own log only shows with --verbose."""
+    log = _stderr_logger(verbose)
+    preflight.check_all(log)
+    try:
+        libbpf.lib()
+    except libbpf.LibbpfMissing as exc:
+        raise TcpacceptError(str(exc)) from None
+    libbpf.set_print((lambda _level, line: log(f"libbpf: {line}")) if verbose else None)
+
+
+def build_sink(output: OutputConfig, decoder: Decoder, out: TextIO, start_ns: int) -> Sink:
+    cgroup_path = CgroupPaths() if output.extended else None
+    if output.json:
+        return LineSink(decoder, JsonFormatter(cgroup_path).line, out)
+    text = TextFormatter(
+        relative_to_ns=start_ns if output.relative_time else None,
+        extended=output.extended,
+        latency=output.latency,
+        cgroup_path=cgroup_path,
+    )
+    return LineSink(decoder, text.line, out, header=text.header())
+
+
+def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
+    out = out or sys.stdout
+    _prepare(output.verbose)
+    stop = StopFlag()
+    stop.install()
+    decoder = Decoder(unmap_ipv4=output.unmap_ipv4)
+    messages = sys.stderr if output.json else out
+    try:
+        with Tracer(config, _stderr_logger(output.verbose)) as tracer:
+            start_ns = time.time_ns()
+            sink = build_sink(output, decoder, out, start_ns)
+            print(BANNER, file=messages, flush=True)
+            sink.start()
+            run(tracer, sink, sys.stderr, stop, count=output.count, duration=output.duration)
+    except BrokenPipeError:
+        silence_stdout()
+    return 0
+
+
+def check_report(out: TextIO, verbose: bool = False) -> int:
+    """--check: each method usable or why not; kernel, BTF, libbpf; what auto would pick."""
+    preflight.check_privileges()
+    _prepare(verbose)
+    out.write(f"kernel: {platform.release()}\n")
+    out.write(f"BTF: {'yes' if preflight.os.path.exists(preflight.BTF_PATH) else 'no'}\n")
+    out.write(f"libbpf: {libbpf.version()}\n")
+    usable = []
+    for method in probes.METHODS:
+        tracer = Tracer(Config(probe=method))
+        try:
+            tracer.start()
+            usable.append(method)
+            out.write(f"{method}: usable\n")
+        except TcpacceptError:
+            out.write(f"{method}: not usable: {tracer.rejected.get(method, 'unknown')}\n")
+        finally:
+            tracer.close()
+    out.write(f"auto would pick: {usable[0] if usable else 'none'}\n")
+    return 0 if usable else 1
