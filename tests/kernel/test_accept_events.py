@@ -1,0 +1,172 @@
+"""Issue 2: every passive TCP accept is reported, exactly, through the real kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.support.servers import connect, start_server
+from tests.support.tracer import start_tracer
+
+N = 5
+
+
+def unmapped(address: str) -> str:
+    """Python shows IPv4 peers of dual-stack sockets as ::ffff:a.b.c.d; tcpaccept unmaps."""
+    return address.removeprefix("::ffff:") if "." in address else address
+
+
+def _assert_matches(events: list[dict], server, clients, accepted) -> None:
+    """Exactly one event per accepted connection, every field as the sockets say."""
+    assert len(events) == len(clients), events
+    by_port = {e["rport"]: e for e in events}
+    for client, (peer_addr, peer_port, new_fd) in zip(clients, accepted):
+        local = client.getsockname()
+        e = by_port[local[1]]
+        assert e["pid"] == server.pid
+        assert e["tid"] == server.pid
+        assert e["comm"] == server.comm
+        assert e["raddr"] == unmapped(local[0]) == unmapped(peer_addr)
+        assert e["rport"] == peer_port
+        assert e["laddr"] == unmapped(client.getpeername()[0])
+        assert e["lport"] == server.port
+        assert e["uid"] == os.geteuid()
+        assert e["netns"] == os.stat("/proc/self/ns/net").st_ino
+        if e["fd"] is not None:  # fexit/kprobe cannot know descriptors
+            assert e["fd"] == new_fd
+            assert e["listen_fd"] == server.listen_fd
+
+
+@pytest.mark.parametrize(
+    "family,host",
+    [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")],
+    ids=["ipv4", "ipv6"],
+)
+def test_each_accept_reports_server_and_client_exactly(family: int, host: str) -> None:
+    with start_server(host, family) as server:
+        run = start_tracer()
+        clients = [connect(host, server.port, family) for _ in range(N)]
+        accepted = server.accept(N)
+        run.stop()
+        _assert_matches(run.events(), server, clients, accepted)
+        for e in run.events():
+            assert e["family"] == (4 if family == socket.AF_INET else 6)
+        for c in clients:
+            c.close()
+    assert run.returncode == 0, run.stderr
+
+
+def test_dual_stack_listener_reports_ipv4_client_as_ipv4() -> None:
+    with start_server("::", socket.AF_INET6, v6only=False) as server:
+        run = start_tracer()
+        client = connect("127.0.0.1", server.port)
+        accepted = server.accept(1)
+        run.stop()
+        _assert_matches(run.events(), server, [client], accepted)
+        (event,) = run.events()
+        assert event["family"] == 4
+        assert event["raddr"] == "127.0.0.1" and event["laddr"] == "127.0.0.1"
+        client.close()
+
+
+def test_backlog_is_the_listeners_queue_after_the_accept() -> None:
+    with start_server(backlog=8) as server:
+        clients = [connect("127.0.0.1", server.port) for _ in range(5)]
+        time.sleep(0.2)  # all five handshakes complete: five children queued
+        run = start_tracer()
+        server.accept(1)
+        run.stop()
+        (event,) = run.events()
+        assert (event["backlog"], event["backlog_max"]) == (4, 8)
+        for c in clients:
+            c.close()
+
+
+def test_accept_blocked_before_tracing_started_is_reported() -> None:
+    with start_server() as server:
+        server.accept_async(1)  # blocks in accept() now, before the tracer exists
+        time.sleep(0.3)
+        run = start_tracer()
+        client = connect("127.0.0.1", server.port)
+        accepted = server.collect()
+        run.stop()
+        _assert_matches(run.events(), server, [client], accepted)
+        client.close()
+
+
+def test_no_event_for_unix_eagain_udp_or_client_connect() -> None:
+    with start_server() as server:
+        run = start_tracer()
+        # A Unix-socket accept.
+        unix_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix_listener.bind("\0tcpaccept-test-unix")
+        unix_listener.listen(1)
+        unix_client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix_client.connect("\0tcpaccept-test-unix")
+        unix_listener.accept()[0].close()
+        # A non-blocking accept that fails with EAGAIN.
+        assert server.nonblocking_accept() == "EAGAIN"
+        # UDP traffic.
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.sendto(b"x", udp.getsockname())
+        udp.recv(1)
+        # This process's connect() (the server never accepts: the active side only).
+        client = connect("127.0.0.1", server.port)
+        run.stop()
+        assert run.events() == []
+        for s in (unix_listener, unix_client, udp, client):
+            s.close()
+
+
+def test_default_output_is_the_seed_layout() -> None:
+    with start_server() as server:
+        run = start_tracer(json_mode=False)
+        client = connect("127.0.0.1", server.port)
+        server.accept(1)
+        run.stop()
+    lines = run.stdout.splitlines()
+    assert lines[0] == "Tracing TCP accepts. Hit Ctrl-C to end."
+    assert lines[1] == ("TIME     PID    COMM           RADDR" + " " * 35 + "RPORT LADDR"
+                        + " " * 35 + "LPORT BL")
+    assert len(lines) == 3, lines
+    row = lines[2]
+    # Fixed widths: %-8s %-6d %-14s %-39s %-5d %-39s %-5d %d/%d
+    assert time.strptime(row[0:8], "%H:%M:%S")
+    assert row[9:15].strip() == str(server.pid)
+    assert row[16:30].strip() == "acceptsrv"
+    assert row[31:70].strip() == "127.0.0.1"
+    assert row[71:76].strip() == str(client.getsockname()[1])
+    assert row[77:116].strip() == "127.0.0.1"
+    assert row[117:122].strip() == str(server.port)
+    assert row[123:] == "0/128"
+    client.close()
+
+
+def test_sigterm_detaches_and_leaves_no_program_loaded() -> None:
+    run = start_tracer()
+    ours = {"tp_exit_accept4", "tp_exit_accept", "stamp_establish", "fexit_inet_csk_"}
+    listed = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True,
+                            check=True).stdout
+    assert any(name in listed for name in ours), "tracer's programs should be loaded"
+    run.stop(signal.SIGTERM)
+    assert run.returncode == 0, run.stderr
+    listed = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True,
+                            check=True).stdout
+    assert not any(name in listed for name in ours), listed
+
+
+def test_sigint_detaches_and_leaves_no_program_loaded() -> None:
+    run = start_tracer()
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    listed = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True,
+                            check=True).stdout
+    for name in ("tp_exit_accept", "stamp_establish", "kprobe_inet_csk", "fexit_inet_csk_"):
+        assert name not in listed
+

@@ -1,0 +1,94 @@
+"""Runs the real tcpaccept command as a child process and reads what it printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional
+
+BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
+# The kernel matrix runs the same tests with each attach method forced.
+PROBE = os.environ.get("TCPACCEPT_TEST_PROBE", "auto")
+
+
+def tcpaccept_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tcpaccept.cli", "--probe", PROBE, *args]
+
+
+class TracerRun:
+    """A running tcpaccept; reader threads keep everything it prints on both streams."""
+
+    def __init__(self, proc: subprocess.Popen, json_mode: bool) -> None:
+        self.proc = proc
+        self.json_mode = json_mode
+        self.returncode: Optional[int] = None
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._drain, args=(proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._drain, args=(proc.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(stream, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stdout.splitlines() if line.strip()]
+
+    def wait_for_lines(self, n: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.lines) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> TracerRun:
+        """Signal the tracer, wait for it to exit and its output to be read; idempotent."""
+        if self.returncode is None:
+            # Let events already in the ring buffer reach the tracer before it drains.
+            time.sleep(0.3)
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            self.returncode = self.proc.wait(timeout)
+            for reader in self._readers:
+                reader.join(timeout)
+        return self
+
+    def events(self) -> list[dict]:
+        """Accept events (JSON mode)."""
+        assert self.json_mode
+        return [e for e in map(json.loads, self.lines) if e.get("event") == "accept"]
+
+
+def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30) -> TracerRun:
+    """Start tcpaccept and return once it is attached (its banner has been printed)."""
+    argv = tcpaccept_command(*(("--json",) if json_mode else ()), *args)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = TracerRun(proc, json_mode)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        printed = run.stderr if json_mode else run.stdout
+        if BANNER in printed:
+            return run
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    run.stop()
+    raise AssertionError(f"tcpaccept did not start: rc={proc.returncode}\n{run.stdout}{run.stderr}")
