@@ -285,6 +285,4 @@ def run_in_guest(
 ) -> GuestResult:
     """Run one command (an argv list, no shell) inside the guest; see run_script()."""
     script = "exec " + shlex.join(command)
-    return run_script(
-        kernel, script, repo, timeout, env, cache=cache, share_dir=share_dir, smp=smp
-    )
+    return run_script(kernel, script, repo, timeout, env, cache=cache, share_dir=share_dir, smp=smp)
