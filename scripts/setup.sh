@@ -8,7 +8,7 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 # Build-time: clang for the CO-RE object. Run-time: only libbpf1 and Python.
-packages=(libbpf1 clang make python3 python3-venv)
+packages=(libbpf1 libbpf-dev linux-libc-dev clang make python3 python3-venv)
 if ((want_test)); then
   # Real servers, traffic tools and the peers the tests compare against.
   packages+=(nginx-light bpftool bpftrace iproute2 libc6-dev wrk)
