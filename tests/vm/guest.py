@@ -69,6 +69,16 @@ wait_for_line() {
   echo "wait_for_line: no '$regex' in $file after ${limit}s" >&2
   return 1
 }
+# wait_for_path PATH [SECONDS]: wait until PATH exists.
+wait_for_path() {
+  local path=$1 limit=${2:-60} i
+  for ((i = 0; i < limit * 10; i++)); do
+    [ -e "$path" ] && return 0
+    sleep 0.1
+  done
+  echo "wait_for_path: no $path after ${limit}s" >&2
+  return 1
+}
 # stop_with_sigint PID [SECONDS]: SIGINT until PID exits (bpftrace 0.17 under TCG can
 # miss a single one), then return its exit status; PID must be a child of this shell.
 stop_with_sigint() {
