@@ -19,6 +19,7 @@ examples:
   tcpaccept -x                   # add UID, NETNS, FD and CGROUP columns
   tcpaccept -l                   # add QLAT(ms): time each connection waited in the queue
   tcpaccept -j                   # one JSON object per accept
+  tcpaccept -s 10                # every 10 s a table per listener; histograms at exit
   tcpaccept -p 181,4242          # only accepts by PIDs 181 and 4242
   tcpaccept -P 80,443            # only local ports 80 and 443
   tcpaccept -4                   # only IPv4 (IPv4 clients of dual-stack listeners too)
@@ -135,6 +136,10 @@ def build_parser() -> OneLineParser:
                      help="add UID, NETNS, FD and CGROUP (v2 path) columns")
     out.add_argument("-l", "--latency", action="store_true",
                      help="add QLAT(ms): time from ESTABLISHED to accept()")
+    out.add_argument("-s", "--summary", nargs="?", const=5.0, default=None,
+                     type=_positive_float("summary interval"), metavar="SECONDS",
+                     help="instead of one line per accept, a table per listener every "
+                          "SECONDS (default 5) and a queue-latency histogram at exit")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
                      help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
     out.add_argument("-v", "--verbose", action="store_true",
@@ -198,6 +203,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         count=args.count,
         duration=args.duration,
         verbose=args.verbose,
+        summary_interval=args.summary,
     )
     return config, output
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -42,4 +42,3 @@ class OutputConfig:
     verbose: bool = False
     summary_interval: Optional[float] = None
     drops: bool = False
-    extra: dict = field(default_factory=dict)

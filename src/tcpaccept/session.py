@@ -15,6 +15,7 @@ from .event import Decoder
 from .output.json_lines import JsonFormatter
 from .output.text import TextFormatter
 from .run import BANNER, LineSink, Sink, StopFlag, run, silence_stdout
+from .summary import SummarySink
 from .tracer import Tracer
 
 
@@ -38,6 +39,8 @@ def _prepare(verbose: bool) -> None:
 
 
 def build_sink(output: OutputConfig, decoder: Decoder, out: TextIO, start_ns: int) -> Sink:
+    if output.summary_interval:
+        return SummarySink(decoder, out, output.summary_interval, output.json)
     cgroup_path = CgroupPaths() if output.extended else None
     if output.json:
         return LineSink(decoder, JsonFormatter(cgroup_path).line, out)
