@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.support.servers import connect, start_server
-from tests.support.tracer import start_tracer
+from tests.support.tracer import attach_method, start_tracer
 
 N = 5
 
@@ -87,7 +87,11 @@ def test_backlog_is_the_listeners_queue_after_the_accept() -> None:
             c.close()
 
 
-def test_accept_blocked_before_tracing_started_is_reported() -> None:
+def test_accept_blocked_before_tracing_started_matches_the_method() -> None:
+    """The tracepoint method sees an accept() that was already blocked when tracing
+    began (the listening fd comes from the saved registers). fexit and kprobe hook
+    inet_csk_accept, which was entered before they attached: by design they miss it."""
+    method = attach_method()
     with start_server() as server:
         server.accept_async(1)  # blocks in accept() now, before the tracer exists
         time.sleep(0.3)
@@ -95,7 +99,10 @@ def test_accept_blocked_before_tracing_started_is_reported() -> None:
         client = connect("127.0.0.1", server.port)
         accepted = server.collect()
         run.stop()
-        _assert_matches(run.events(), server, [client], accepted)
+        if method == "tracepoint":
+            _assert_matches(run.events(), server, [client], accepted)
+        else:
+            assert run.events() == []
         client.close()
 
 

@@ -16,6 +16,18 @@ BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 PROBE = os.environ.get("TCPACCEPT_TEST_PROBE", "auto")
 
 
+def attach_method() -> str:
+    """The method the tests' tracer really uses here (what --check says auto picks)."""
+    if PROBE != "auto":
+        return PROBE
+    check = subprocess.run([sys.executable, "-m", "tcpaccept.cli", "--check"],
+                           capture_output=True, text=True, check=True)
+    for line in check.stdout.splitlines():
+        if line.startswith("auto would pick: "):
+            return line.split(": ", 1)[1]
+    raise AssertionError(f"--check did not say what auto picks:\n{check.stdout}")
+
+
 def tcpaccept_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tcpaccept.cli", "--probe", PROBE, *args]
 
