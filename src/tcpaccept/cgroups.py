@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 CGROUP2_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str:
+    """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a unified host,
+    /sys/fs/cgroup/unified on a hybrid one (whose /sys/fs/cgroup also holds v1 trees,
+    with inode numbers that collide with v2 ids)."""
+    try:
+        with open(mountinfo) as mounts:
+            for line in mounts:
+                fields = line.split()
+                if "-" in fields and fields[fields.index("-") + 1] == "cgroup2":
+                    return fields[4]
+    except OSError:
+        pass
+    return CGROUP2_ROOT
 
 
 class CgroupPaths:
     """Resolves ids by walking the cgroup2 tree, once per unknown id, caching every
     directory seen on the way (a busy host has few cgroups and many events)."""
 
-    def __init__(self, root: str = CGROUP2_ROOT) -> None:
-        self.root = root
+    def __init__(self, root: Optional[str] = None) -> None:
+        self.root = root or cgroup2_root()
         self._paths: dict[int, str] = {}
 
     def _walk(self) -> None:

@@ -20,6 +20,7 @@ examples:
   tcpaccept -l                   # add QLAT(ms): time each connection waited in the queue
   tcpaccept -j                   # one JSON object per accept
   tcpaccept -s 10                # every 10 s a table per listener; histograms at exit
+  tcpaccept --drops              # also DROP lines when a listener's queue overflows
   tcpaccept -p 181,4242          # only accepts by PIDs 181 and 4242
   tcpaccept -P 80,443            # only local ports 80 and 443
   tcpaccept -4                   # only IPv4 (IPv4 clients of dual-stack listeners too)
@@ -140,6 +141,9 @@ def build_parser() -> OneLineParser:
                      type=_positive_float("summary interval"), metavar="SECONDS",
                      help="instead of one line per accept, a table per listener every "
                           "SECONDS (default 5) and a queue-latency histogram at exit")
+    out.add_argument("--drops", action="store_true",
+                     help="also report listener overflows (DROP lines / drop objects), "
+                          "sampled every second")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
                      help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
     out.add_argument("-v", "--verbose", action="store_true",
@@ -204,6 +208,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         duration=args.duration,
         verbose=args.verbose,
         summary_interval=args.summary,
+        drops=args.drops,
     )
     return config, output
 

@@ -8,11 +8,13 @@ import sys
 import time
 from typing import Callable, Optional, Protocol, TextIO
 
+from .drops import DropReport
 from .event import Decoder
 from .tracer import Tracer
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 POLL_MS = 250
+DROPS_POLL_S = 1.0
 
 
 class Sink(Protocol):
@@ -20,17 +22,24 @@ class Sink(Protocol):
 
     def start(self) -> None: ...
     def handle(self, records: list[bytes]) -> None: ...
+    def handle_drops(self, reports: list[DropReport]) -> None: ...
     def tick(self, now: float) -> None: ...
     def finish(self) -> None: ...
+
+
+class DropSource(Protocol):
+    def poll(self) -> list[DropReport]: ...
+    def flush(self) -> list[DropReport]: ...
 
 
 class LineSink:
     """One formatted line per event, written and flushed once per batch."""
 
     def __init__(self, decoder: Decoder, line: Callable, out: TextIO,
-                 header: Optional[str] = None) -> None:
+                 header: Optional[str] = None, drop_line: Optional[Callable] = None) -> None:
         self._decode = decoder.decode
         self._line = line
+        self._drop_line = drop_line
         self._out = out
         self._header = header
 
@@ -44,6 +53,12 @@ class LineSink:
         self._out.write("".join([line(decode(r)) + "\n" for r in records]))
         # A person watching, or `| grep`, sees each batch at once.
         self._out.flush()
+
+    def handle_drops(self, reports: list[DropReport]) -> None:
+        if reports and self._drop_line is not None:
+            now = time.time_ns()
+            self._out.write("".join(self._drop_line(r, now) + "\n" for r in reports))
+            self._out.flush()
 
     def tick(self, now: float) -> None:
         pass
@@ -73,13 +88,14 @@ def run(
     stop: StopFlag,
     count: Optional[int] = None,
     duration: Optional[float] = None,
-    extra_tick: Optional[Callable[[float], None]] = None,
+    drops: Optional[DropSource] = None,
 ) -> int:
     """Trace until a signal, the duration or the count; returns the number of events."""
     deadline = time.monotonic() + duration if duration else None
     seen = 0
     reported_lost = 0
     next_lost_check = 0.0
+    next_drops_poll = time.monotonic() + DROPS_POLL_S
     while not stop.set:
         timeout = POLL_MS
         if deadline is not None:
@@ -99,9 +115,10 @@ def run(
         if now >= next_lost_check:
             reported_lost = _report_lost(tracer, err, reported_lost)
             next_lost_check = now + 1.0
+        if drops is not None and now >= next_drops_poll:
+            sink.handle_drops(drops.poll())
+            next_drops_poll = now + DROPS_POLL_S
         sink.tick(now)
-        if extra_tick is not None:
-            extra_tick(now)
     # Drain what is already queued so that a stop never drops accepted events silently.
     if count is None or seen < count:
         for records in iter(lambda: tracer.poll(0), []):
@@ -110,6 +127,8 @@ def run(
             seen += len(take)
             if count is not None and seen >= count:
                 break
+    if drops is not None:
+        sink.handle_drops(drops.flush())  # drops not yet reported are reported once more
     lost = tracer.lost_events()
     if lost > reported_lost:
         err.write(f"Lost {lost - reported_lost} events\n")

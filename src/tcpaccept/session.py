@@ -10,6 +10,7 @@ from typing import Optional, TextIO
 from . import libbpf, preflight, probes
 from .cgroups import CgroupPaths
 from .config import Config, OutputConfig
+from .drops import DropMonitorError, DropReport, ListenerDropMonitor
 from .errors import TcpacceptError
 from .event import Decoder
 from .output.json_lines import JsonFormatter
@@ -43,14 +44,37 @@ def build_sink(output: OutputConfig, decoder: Decoder, out: TextIO, start_ns: in
         return SummarySink(decoder, out, output.summary_interval, output.json)
     cgroup_path = CgroupPaths() if output.extended else None
     if output.json:
-        return LineSink(decoder, JsonFormatter(cgroup_path).line, out)
+        formatter = JsonFormatter(cgroup_path)
+        return LineSink(decoder, formatter.line, out, drop_line=formatter.drop_line)
     text = TextFormatter(
         relative_to_ns=start_ns if output.relative_time else None,
         extended=output.extended,
         latency=output.latency,
         cgroup_path=cgroup_path,
     )
-    return LineSink(decoder, text.line, out, header=text.header())
+    return LineSink(decoder, text.line, out, header=text.header(), drop_line=text.drop_line)
+
+
+class FilteredDrops:
+    """Listener drops for the processes the user asked about (ports filter in netlink)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.monitor = ListenerDropMonitor(ports=config.lports or None)
+        self.monitor.poll()  # the baseline: drops from before tracing are not reported
+
+    def _wanted(self, reports: list[DropReport]) -> list[DropReport]:
+        c = self.config
+        return [r for r in reports
+                if (not c.pids or r.pid in c.pids) and (c.comm is None or r.comm == c.comm)]
+
+    def poll(self) -> list[DropReport]:
+        return self._wanted(self.monitor.poll())
+
+    def flush(self) -> list[DropReport]:
+        reports = self._wanted(self.monitor.flush())
+        self.monitor.close()
+        return reports
 
 
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
@@ -66,7 +90,14 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
             sink = build_sink(output, decoder, out, start_ns)
             print(BANNER, file=messages, flush=True)
             sink.start()
-            run(tracer, sink, sys.stderr, stop, count=output.count, duration=output.duration)
+            drops = None
+            if output.drops or output.summary_interval:
+                try:
+                    drops = FilteredDrops(config)
+                except DropMonitorError as exc:
+                    raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
+            run(tracer, sink, sys.stderr, stop, count=output.count, duration=output.duration,
+                drops=drops)
     except BrokenPipeError:
         silence_stdout()
     return 0

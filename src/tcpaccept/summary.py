@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, TextIO
 
+from .drops import DropReport
 from .event import Decoder
 from .output.clock import hms, iso_prefix
 
@@ -109,13 +110,13 @@ class SummarySink:
                 self.histograms.setdefault(listener, Log2Histogram()).add(latency_us)
             self._remotes[e.raddr] += 1
 
-    def add_drops(self, laddr: str, lport: int, pid: Optional[int], comm: Optional[str],
-                  backlog: int, backlog_max: int, dropped: int) -> None:
-        listener = ListenerId(laddr, lport, pid or 0, comm or "?")
-        stats = self._stats.setdefault(listener, ListenerStats())
-        stats.drops += dropped
-        stats.backlog, stats.backlog_max = backlog, backlog_max
-        stats.max_backlog = max(stats.max_backlog, backlog)
+    def handle_drops(self, reports: list[DropReport]) -> None:
+        for r in reports:
+            listener = ListenerId(r.laddr, r.lport, r.pid or 0, r.comm or "?")
+            stats = self._stats.setdefault(listener, ListenerStats())
+            stats.drops += r.dropped
+            stats.backlog, stats.backlog_max = r.backlog, r.backlog_max
+            stats.max_backlog = max(stats.max_backlog, r.backlog)
 
     def tick(self, now: float) -> None:
         if now - self._interval_start >= self.interval:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
+from ..drops import DropReport
 from ..event import Event
 from .clock import SecondCache, iso_prefix
 
@@ -45,6 +46,14 @@ class JsonFormatter:
             f'"netns": {e.netns}, '
             f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}{cgroup}}}'
         )
+
+    def drop_line(self, report: DropReport, time_ns: int) -> str:
+        return json.dumps({
+            "event": "drop", "time": self.time(time_ns), "laddr": report.laddr,
+            "lport": report.lport, "pid": report.pid, "comm": report.comm,
+            "backlog": report.backlog, "backlog_max": report.backlog_max,
+            "dropped": report.dropped,
+        })
 
 
 def _fd(fd: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from ..drops import DropReport
 from ..event import Event
 from .clock import SecondCache, hms
 
@@ -64,3 +65,11 @@ class TextFormatter:
             fd = e.fd if e.fd >= 0 else "-"
             row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {self.cgroup_path(e.cgroup_id)}"
         return row
+
+    def drop_line(self, report: DropReport, time_ns: int) -> str:
+        """A listener overflow, in the accept columns: RADDR says DROP, BL is the queue."""
+        return SEED_ROW.format(
+            self._time(time_ns), report.pid if report.pid is not None else "-",
+            report.comm or "?", "DROP", "-", report.laddr, report.lport,
+            f"{report.backlog}/{report.backlog_max} dropped={report.dropped}",
+        )

@@ -1,0 +1,67 @@
+"""Issue 6: --drops reports listener overflows through the command line, counted exactly."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+from tcpaccept.drops import read_listen_overflows
+from tests.kernel.test_drops import flood
+from tests.support.tracer import start_tracer
+
+
+def _listener(backlog: int = 1) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    return sock
+
+
+def test_drops_are_reported_and_equal_listen_overflows() -> None:
+    server = _listener()
+    port = server.getsockname()[1]
+    before = read_listen_overflows()[0]
+    run = start_tracer("--drops", "-P", str(port))
+    flood(server)
+    time.sleep(1.5)  # at least one sampling tick while tracing
+    flood(server)  # these are left for the report at exit
+    run.stop()
+    delta = read_listen_overflows()[0] - before
+    drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
+    server.close()
+    assert delta > 0
+    assert len(drops) == 2, drops  # one while tracing, one more at exit
+    assert sum(d["dropped"] for d in drops) == delta
+    for d in drops:
+        assert (d["laddr"], d["lport"], d["backlog_max"]) == ("127.0.0.1", port, 1)
+        assert d["pid"] is not None and d["comm"]
+
+
+def test_drop_lines_in_text_mode() -> None:
+    server = _listener()
+    port = server.getsockname()[1]
+    before = read_listen_overflows()[0]
+    run = start_tracer("--drops", "-P", str(port), json_mode=False)
+    flood(server)
+    run.stop()
+    delta = read_listen_overflows()[0] - before
+    server.close()
+    (row,) = [line for line in run.lines if " DROP " in line]
+    fields = row.split()
+    assert fields[3:8] == ["DROP", "-", "127.0.0.1", str(port), "2/1"]
+    assert fields[8] == f"dropped={delta}"
+
+
+def test_summary_shows_drops_per_listener() -> None:
+    server = _listener()
+    port = server.getsockname()[1]
+    before = read_listen_overflows()[0]
+    run = start_tracer("--summary", "60", "-P", str(port))
+    flood(server)
+    run.stop()
+    delta = read_listen_overflows()[0] - before
+    server.close()
+    (summary,) = [o for o in map(json.loads, run.lines) if o["event"] == "summary"]
+    (row,) = summary["listeners"]
+    assert (row["lport"], row["drops"], row["accepts"]) == (port, delta, 0)
