@@ -21,6 +21,7 @@ examples:
   tcpaccept -j                   # one JSON object per accept
   tcpaccept -s 10                # every 10 s a table per listener; histograms at exit
   tcpaccept --drops              # also DROP lines when a listener's queue overflows
+  tcpaccept --metrics 0.0.0.0:9435 -s 60   # Prometheus metrics, a summary each minute
   tcpaccept -p 181,4242          # only accepts by PIDs 181 and 4242
   tcpaccept -P 80,443            # only local ports 80 and 443
   tcpaccept -4                   # only IPv4 (IPv4 clients of dual-stack listeners too)
@@ -108,10 +109,25 @@ def _existing(kind: str) -> Callable[[str], str]:
     return parse
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid [ADDR:]PORT {text!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} out of range 1..65535")
+    return host, number
+
+
 def _cgroup_dir(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"cgroup {text!r} is not a directory")
-    if not os.path.exists(os.path.join(text, "cgroup.procs")):
+    # cgroup.controllers exists in every v2 directory and in no v1 one (a v1 directory
+    # would only fail later, at map update, as "no attach method works").
+    if not os.path.exists(os.path.join(text, "cgroup.controllers")):
         raise argparse.ArgumentTypeError(f"{text!r} is not a cgroup v2 directory")
     return text
 
@@ -144,6 +160,8 @@ def build_parser() -> OneLineParser:
     out.add_argument("--drops", action="store_true",
                      help="also report listener overflows (DROP lines / drop objects), "
                           "sampled every second")
+    out.add_argument("--metrics", type=_listen_address, metavar="[ADDR:]PORT",
+                     help="serve Prometheus metrics on ADDR:PORT (ADDR defaults to 127.0.0.1)")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
                      help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
     out.add_argument("-v", "--verbose", action="store_true",
@@ -180,6 +198,9 @@ def build_parser() -> OneLineParser:
     run.add_argument("--check", action="store_true",
                      help="print what works on this kernel and exit")
     run.add_argument("--version", action="version", version=f"tcpaccept {__version__}")
+    # -4 and -6 look like negative numbers, so argparse would read "-P -1" as a missing
+    # value ("expected one argument", no value named); this way -1 reaches the range check.
+    p._has_negative_number_optionals.clear()
     return p
 
 
@@ -209,6 +230,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         verbose=args.verbose,
         summary_interval=args.summary,
         drops=args.drops,
+        metrics=args.metrics,
     )
     return config, output
 

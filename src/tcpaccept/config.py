@@ -42,3 +42,4 @@ class OutputConfig:
     verbose: bool = False
     summary_interval: Optional[float] = None
     drops: bool = False
+    metrics: Optional[tuple[str, int]] = None  # (address, port) for Prometheus

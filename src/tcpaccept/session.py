@@ -77,6 +77,18 @@ class FilteredDrops:
         return reports
 
 
+def _with_metrics(sink: Sink, decoder: Decoder, address: tuple[str, int],
+                  tracer: Tracer) -> Sink:
+    from .metrics import MetricsTee  # prometheus_client costs 50 ms to import: only here
+
+    try:
+        return MetricsTee(sink, decoder, address[0], address[1], tracer.lost_events)
+    except OSError as exc:
+        raise TcpacceptError(
+            f"--metrics {address[0]}:{address[1]}: cannot listen: {exc.strerror}"
+        ) from None
+
+
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
     out = out or sys.stdout
     _prepare(output.verbose)
@@ -88,6 +100,8 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
         with Tracer(config, _stderr_logger(output.verbose)) as tracer:
             start_ns = time.time_ns()
             sink = build_sink(output, decoder, out, start_ns)
+            if output.metrics:
+                sink = _with_metrics(sink, decoder, output.metrics, tracer)
             print(BANNER, file=messages, flush=True)
             sink.start()
             drops = None
