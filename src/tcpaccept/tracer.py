@@ -97,6 +97,9 @@ class Tracer:
                 except libbpf.LibbpfError as exc:
                     reason = str(exc)
                     self._release()
+                except TcpacceptError:  # the operator's input, whatever the method
+                    self._release()
+                    raise
             self.rejected[method] = reason
             self.log(f"attach method {method} not usable: {reason}")
         if self.config.probe != "auto":
@@ -130,10 +133,10 @@ class Tracer:
         self._ring = libbpf.RingBuffer(obj.map("events"), self._on_sample)
 
     def _reuse_pinned(self, obj: libbpf.BpfObject) -> None:
-        for map_name, path in (("cgroupmap", self.config.cgroupmap),
-                               ("mntnsmap", self.config.mntnsmap)):
+        for map_name, flag, path in (("cgroupmap", "--cgroupmap", self.config.cgroupmap),
+                                     ("mntnsmap", "--mntnsmap", self.config.mntnsmap)):
             if path:
-                fd = libbpf.pinned_fd(path)
+                fd = _open_pinned_hash(flag, path)
                 self._open_fds.append(fd)
                 obj.map(map_name).reuse_fd(fd)
 
@@ -194,6 +197,30 @@ class Tracer:
             return 0
         raw = self._lost_map.lookup(struct.pack("<I", 0), 8 * self._ncpus)
         return sum(struct.unpack(f"<{self._ncpus}Q", raw)) if raw else 0
+
+
+BPF_MAP_TYPE_HASH = 1
+
+
+def _open_pinned_hash(flag: str, path: str) -> int:
+    """bcc's pinned filter maps are hashes keyed by a u64. libbpf adopts whatever map the
+    fd names, and the verifier lets root read past a short key: check the layout here, or a
+    wrong map would load and filter on garbage."""
+    try:
+        fd = libbpf.pinned_fd(path)
+    except libbpf.LibbpfError as exc:
+        raise TcpacceptError(f"{flag} {path}: not a pinned BPF map "
+                             f"({libbpf.strerror(exc.errno)})") from None
+    with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+        info = dict(line.split(":", 1) for line in fdinfo if ":" in line)
+    map_type = info.get("map_type", "").strip()
+    key_size = info.get("key_size", "").strip()
+    if map_type != str(BPF_MAP_TYPE_HASH) or key_size != "8":
+        os.close(fd)
+        found = f"map type {map_type}, key size {key_size}" if map_type else "not a map"
+        raise TcpacceptError(f"{flag} {path}: want a pinned BPF hash map with 8-byte keys "
+                             f"(bcc's layout), found {found}")
+    return fd
 
 
 def _possible_cpus() -> int:

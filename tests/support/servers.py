@@ -7,17 +7,23 @@ exactly which accepts happened, by whom, and when.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 SERVER_CODE = textwrap.dedent(
     """
-    import ctypes, json, socket, sys, time
+    import ctypes, json, os, socket, sys, time
     family, host, backlog, comm, v6only, port = sys.argv[1:7]
     ctypes.CDLL(None).prctl(15, comm.encode(), 0, 0, 0)  # PR_SET_NAME
     s = socket.socket(int(family), socket.SOCK_STREAM)
@@ -26,7 +32,8 @@ SERVER_CODE = textwrap.dedent(
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
     s.bind((host, int(port)))
     s.listen(int(backlog))
-    print(json.dumps({"port": s.getsockname()[1], "fd": s.fileno()}), flush=True)
+    print(json.dumps({"port": s.getsockname()[1], "fd": s.fileno(), "pid": os.getpid()}),
+          flush=True)
     kept = []
     for line in sys.stdin:
         cmd = line.split()
@@ -69,10 +76,11 @@ class Server:
     port: int
     listen_fd: int
     comm: str
+    server_pid: Optional[int] = None  # as the server reports it (behind a wrapper command)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.server_pid or self.proc.pid
 
     def _ask(self, command: str) -> object:
         assert self.proc.stdin and self.proc.stdout
@@ -123,19 +131,52 @@ def start_server(
     v6only: bool = True,
     port: int = 0,
     netns: Optional[str] = None,
+    prefix: Sequence[str] = (),
 ) -> Server:
-    cmd = [sys.executable, "-c", SERVER_CODE, str(int(family)), host, str(backlog), comm,
-           str(int(v6only)), str(port)]
+    """prefix: a command that execs the server, e.g. setpriv (another uid) or unshare -m."""
+    cmd = [*prefix, sys.executable, "-c", SERVER_CODE, str(int(family)), host, str(backlog),
+           comm, str(int(v6only)), str(port)]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout
     hello = json.loads(proc.stdout.readline())
-    return Server(proc, family, host, hello["port"], hello["fd"], comm)
+    return Server(proc, family, host, hello["port"], hello["fd"], comm, hello["pid"])
 
 
-def connect(host: str, port: int, family: int = socket.AF_INET) -> socket.socket:
-    """A blocking client connection; the caller closes it."""
+def connect(host: str, port: int, family: int = socket.AF_INET, source: Optional[str] = None,
+            netns: Optional[str] = None) -> socket.socket:
+    """A blocking client connection; the caller closes it.
+
+    source: local address to bind first; netns: a named network namespace (ip netns) to
+    create the socket in (a socket stays in the namespace it was created in).
+    """
+    if netns:
+        return _in_netns(netns, lambda: connect(host, port, family, source))
     c = socket.socket(family, socket.SOCK_STREAM)
+    if source:
+        c.bind((source, 0))
     c.connect((host, port))
     return c
+
+
+def _in_netns(name: str, work: Callable[[], T]) -> T:
+    """Run work() in a thread switched into /run/netns/NAME (setns moves only that thread)."""
+    result: list = []
+
+    def thread() -> None:
+        try:
+            with open(f"/run/netns/{name}") as ns:
+                if _libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {name}")
+            result.append((True, work()))
+        except BaseException as exc:  # handed to the caller
+            result.append((False, exc))
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value

@@ -1,0 +1,90 @@
+"""Issue 4: a bad flag value is one line on stderr naming the flag and the value, exit 2,
+nothing on stdout, and nothing loaded. Runs the real command; needs no kernel support."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def tcpaccept(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tcpaccept.cli", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+LONG_COMM = "abcdefghijklmnopqrst"  # 20 bytes; the kernel keeps 15
+
+# (argv, what the one line must name: the flag, then the bad value where there is one)
+BAD = [
+    (["-p", "0"], ["-p/--pid", "0"]),
+    (["-p", "abc"], ["-p/--pid", "abc"]),
+    (["-p", "1,,2"], ["-p/--pid", "1,,2"]),
+    (["-p", "-3"], ["-p/--pid", "-3"]),
+    (["-P", "70000"], ["-P/--port", "70000"]),
+    (["-P", "-1"], ["-P/--port", "-1"]),
+    (["-P", "0"], ["-P/--port", "0"]),
+    (["-u", "-5"], ["-u/--uid", "-5"]),
+    (["-u", "4294967295"], ["-u/--uid", "4294967295"]),
+    (["-N", "x"], ["-N/--netns", "x"]),
+    (["-r", "300.1.1.1/8"], ["-r/--remote", "300.1.1.1/8"]),
+    (["-r", "10.0.0.0/8,,"], ["-r/--remote", "10.0.0.0/8,,"]),
+    (["-c", LONG_COMM], ["-c/--comm", LONG_COMM]),
+    (["-c", ""], ["-c/--comm"]),
+    (["-d", "0"], ["-d/--duration", "0"]),
+    (["-d", "-1"], ["-d/--duration", "-1"]),
+    (["-d", "soon"], ["-d/--duration", "soon"]),
+    (["-n", "0"], ["-n/--count", "0"]),
+    (["-n", "1.5"], ["-n/--count", "1.5"]),
+    (["--cgroup", "/nonexistent"], ["--cgroup", "/nonexistent"]),
+    (["--cgroup", "/proc"], ["--cgroup", "/proc"]),  # a directory, not a cgroup v2 one
+    (["--cgroupmap", "/nonexistent/map"], ["--cgroupmap", "/nonexistent/map"]),
+    (["--mntnsmap", "/nonexistent/map"], ["--mntnsmap", "/nonexistent/map"]),
+    (["-4", "-6"], ["-4/--ipv4", "-6/--ipv6"]),
+    (["--probe", "magic"], ["--probe", "magic"]),
+    (["--metrics", "1.2.3.4:99999"], ["--metrics", "99999"]),
+    (["--bogus"], ["--bogus"]),
+    (["-p"], ["-p/--pid"]),
+]
+
+
+@pytest.mark.parametrize("argv,named", BAD, ids=[" ".join(a) or "empty" for a, _ in BAD])
+def test_bad_value_is_one_line_naming_flag_and_value(argv: list[str], named: list[str]) -> None:
+    result = tcpaccept(*argv)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tcpaccept: error: "), lines[0]
+    for text in named:
+        assert text in lines[0], (text, lines[0])
+
+
+def test_help_ends_with_the_examples() -> None:
+    result = tcpaccept("--help")
+    assert result.returncode == 0
+    assert result.stderr == ""
+    text = result.stdout.rstrip("\n")
+    examples = text[text.rindex("\nexamples:\n"):].splitlines()[2:]
+    assert len(examples) >= 10
+    assert all(line.startswith("  tcpaccept") for line in examples), examples
+    assert text.splitlines()[-1] == examples[-1]
+    shown = {line.split()[1] for line in examples if line.split()[1].startswith("-")}
+    for flag in ("-p", "-P", "-4", "-6", "-u", "-c", "-N", "--cgroup", "-r", "--cgroupmap",
+                 "--mntnsmap", "--no-unmap", "-n", "-d", "-t", "-x"):
+        assert flag in shown, flag
+
+
+def test_good_values_parse() -> None:
+    from tcpaccept.cli import build_parser, configs_from
+
+    args = build_parser().parse_args(
+        ["-p", "1, 2", "-P", "80,443", "-4", "-u", "0", "-c", "fifteen-bytes-x", "-N", "1",
+         "-r", "10.1.2.3/8,fd00::/8", "-d", "0.5", "-n", "3", "--no-unmap", "-t", "-x"])
+    config, output = configs_from(args)
+    assert config.pids == {1, 2} and config.lports == {80, 443}
+    assert config.family == 4 and config.uid == 0 and config.comm == "fifteen-bytes-x"
+    assert [str(n) for n in config.remotes] == ["10.0.0.0/8", "fd00::/8"]
+    assert (output.duration, output.count, output.unmap_ipv4) == (0.5, 3, False)
+    assert output.relative_time and output.extended
