@@ -22,6 +22,7 @@ def test_json_mode_prints_only_json_on_stdout() -> None:
         server.accept(3)
         run.stop()
     objects = [json.loads(line) for line in run.lines]  # every stdout line is JSON
+    objects = [o for o in objects if o["pid"] == server.pid]
     assert len(objects) == 3
     for obj in objects:
         assert set(obj) == JSON_KEYS, obj

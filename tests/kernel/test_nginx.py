@@ -75,7 +75,7 @@ def test_nginx_workers_accepts_carry_worker_pids_and_comm() -> None:
         finally:
             master.terminate()
             master.wait(10)
-    events = run.events()
+    events = [e for e in run.events() if e["lport"] == port]
     assert sorted(e["rport"] for e in events) == sorted(client_ports)
     for e in events:
         assert e["pid"] in workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -18,7 +19,7 @@ def test_queue_latency_grows_by_the_servers_sleep() -> None:
         server.accept_async(5, sleep=0.2)  # sleep 200 ms before each accept
         server.collect()
         run.stop()
-    latencies_ms = [e["queue_latency_us"] / 1000 for e in sorted(run.events(),
+    latencies_ms = [e["queue_latency_us"] / 1000 for e in sorted(run.events([server.pid]),
                                                                   key=lambda e: e["time"])]
     assert len(latencies_ms) == 5
     assert 180 <= latencies_ms[0] <= 400, latencies_ms
@@ -30,7 +31,7 @@ def test_queue_latency_grows_by_the_servers_sleep() -> None:
 
 def test_latency_column_in_text_mode() -> None:
     with start_server() as server:
-        run = start_tracer("-l", json_mode=False)
+        run = start_tracer("-l", "-P", str(server.port), json_mode=False)
         client = connect("127.0.0.1", server.port)
         time.sleep(0.1)
         server.accept(1)
@@ -48,7 +49,7 @@ def test_connection_established_before_tracing_has_null_latency() -> None:
         run = start_tracer()
         server.accept(1)
         run.stop()
-    (event,) = run.events()
+    (event,) = run.events([server.pid])
     assert event["queue_latency_us"] is None
     client.close()
 
@@ -62,7 +63,7 @@ def _bind_connect(source: str, port: int) -> socket.socket:
 
 def test_summary_counts_per_listener_and_top_remotes_exactly() -> None:
     with start_server(comm="srv-a") as a, start_server(comm="srv-b") as b:
-        run = start_tracer("--summary", "60")
+        run = start_tracer("--summary", "60", "-p", f"{a.pid},{b.pid}")
         clients = [_bind_connect("127.0.0.1", a.port) for _ in range(4)]
         clients += [_bind_connect("127.0.0.2", a.port) for _ in range(2)]
         clients += [_bind_connect("127.0.0.3", b.port) for _ in range(3)]
@@ -117,6 +118,7 @@ def test_never_accepted_connections_leave_the_latency_map_bounded() -> None:
     finally:
         run.stop()
     assert max_entries == 16384
-    # Full (the stamps really were taken) yet bounded: the LRU evicted the rest.
-    assert max_entries / 2 <= entries <= max_entries, entries
-    assert run.events() == []
+    # Well filled (the stamps really were taken) yet bounded: the LRU evicted the rest.
+    # (The kernel's LRU keeps per-CPU free lists, so it evicts before it is 100% full.)
+    assert max_entries / 4 <= entries <= max_entries, entries
+    assert run.events([os.getpid()]) == []

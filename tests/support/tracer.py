@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Iterable, Optional
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 # The kernel matrix runs the same tests with each attach method forced.
@@ -82,10 +82,20 @@ class TracerRun:
                 reader.join(timeout)
         return self
 
-    def events(self) -> list[dict]:
-        """Accept events (JSON mode)."""
+    def events(self, pids: Optional[Iterable[int]] = None) -> list[dict]:
+        """Accept events (JSON mode), only those of `pids` when given: the machine may
+        have other traffic, the test asserts exactly what its own processes did."""
         assert self.json_mode
-        return [e for e in map(json.loads, self.lines) if e.get("event") == "accept"]
+        wanted = set(pids) if pids is not None else None
+        return [e for e in map(_parse_json, self.lines) if e.get("event") == "accept"
+                and (wanted is None or e["pid"] in wanted)]
+
+
+def _parse_json(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"not a JSON line ({exc}): {line!r}") from None
 
 
 def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30) -> TracerRun:
