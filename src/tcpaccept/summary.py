@@ -67,7 +67,7 @@ class Log2Histogram:
     def render(self, unit: str = "usecs") -> str:
         rows = self.rows()
         peak = max((count for _, _, count in rows), default=0)
-        lines = [f"{unit:>20} : count     distribution"]
+        lines = [f"{unit:>24}: count     distribution"]
         for low, high, count in rows:
             stars = round(40 * count / peak) if peak else 0
             lines.append(f"{low:>10} -> {high:<10}: {count:<9} |{'*' * stars:<40}|")
