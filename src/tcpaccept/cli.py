@@ -153,7 +153,7 @@ def build_parser() -> OneLineParser:
     )
     out = p.add_argument_group("output")
     out.add_argument("-T", "--time", action="store_true",
-                     help="include a TIME column, HH:MM:SS (the default layout already does)")
+                     help="TIME column, HH:MM:SS (the default layout has it; with -t, both)")
     out.add_argument("-t", "--timestamp", action="store_true",
                      help="TIME(s): seconds since tracing began instead of HH:MM:SS")
     out.add_argument("-j", "--json", action="store_true", help="one JSON object per line")
@@ -230,6 +230,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
     output = OutputConfig(
         json=args.json,
         relative_time=args.timestamp,
+        clock_time=args.time,
         extended=args.extended,
         latency=args.latency,
         unmap_ipv4=args.unmap,

@@ -34,6 +34,7 @@ class OutputConfig:
 
     json: bool = False
     relative_time: bool = False  # bcc -t: TIME(s) since tracing began
+    clock_time: bool = False  # bcc -T: with -t, keep the HH:MM:SS column as well
     extended: bool = False
     latency: bool = False
     unmap_ipv4: bool = True

@@ -51,6 +51,7 @@ def build_sink(output: OutputConfig, decoder: Decoder, out: TextIO, start_ns: in
         extended=output.extended,
         latency=output.latency,
         cgroup_path=cgroup_path,
+        both_times=output.clock_time,
     )
     return LineSink(decoder, text.line, out, header=text.header(), drop_line=text.drop_line)
 

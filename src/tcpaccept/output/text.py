@@ -16,7 +16,8 @@ class TextFormatter:
     """Rows as `%-8s %-6d %-14s %-39s %-5d %-39s %-5d %d/%d`, like tcpaccept.bt.
 
     relative_to_ns: when set (bcc's -t), TIME(s) is seconds since that moment instead of
-    the local HH:MM:SS. extended adds UID NETNS CGROUP FD; latency adds QLAT(ms).
+    the local HH:MM:SS; with both_times (bcc's -T -t) TIME comes first, then TIME(s).
+    extended adds UID NETNS FD CGROUP; latency adds QLAT(ms).
     """
 
     def __init__(
@@ -25,8 +26,10 @@ class TextFormatter:
         extended: bool = False,
         latency: bool = False,
         cgroup_path: Optional[Callable[[int], str]] = None,
+        both_times: bool = False,
     ) -> None:
         self.relative_to_ns = relative_to_ns
+        self._clock_prefix = both_times and relative_to_ns is not None
         self.extended = extended
         self.latency = latency
         self.cgroup_path = cgroup_path or str
@@ -37,6 +40,8 @@ class TextFormatter:
         time_title = "TIME(s)" if self.relative_to_ns is not None else "TIME"
         head = SEED_ROW.format(time_title, "PID", "COMM", "RADDR", "RPORT", "LADDR", "LPORT",
                                "BL" if not self._has_extra else f"{'BL':<11}")
+        if self._clock_prefix:
+            head = f"{'TIME':<8} {head}"
         return head + self._extra_titles()
 
     def _extra_titles(self) -> str:
@@ -56,6 +61,8 @@ class TextFormatter:
         backlog = f"{e.backlog}/{e.backlog_max}"
         row = SEED_ROW.format(self._time(e.time_ns), e.pid, e.comm, e.raddr, e.rport, e.laddr,
                               e.lport, backlog if not self._has_extra else f"{backlog:<11}")
+        if self._clock_prefix:
+            row = f"{self._clock(e.time_ns // _NS):<8} {row}"
         if not self._has_extra:
             return row
         if self.latency:
