@@ -164,8 +164,9 @@ def build_images(cache: Path = DEFAULT_CACHE, timeout: float = 1800) -> None:
 def _virtfs(tag: str, path: Path, readonly: bool) -> list[str]:
     # security_model=none: qemu runs as root and the guest sees the host's owners and
     # modes as they are. multidevs=remap keeps inode numbers unique if a share spans
-    # several host filesystems.
-    spec = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
+    # several host filesystems. A comma inside an option value is written twice.
+    escaped = str(path).replace(",", ",,")
+    spec = f"local,path={escaped},mount_tag={tag},security_model=none,multidevs=remap"
     if readonly:
         spec += ",readonly=on"
     return ["-virtfs", spec]
