@@ -67,6 +67,9 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map_update_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p, _c.c_uint64]),
     "bpf_map_lookup_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
     "bpf_obj_get": (_c.c_int, [_c.c_char_p]),
+    "btf__load_vmlinux_btf": (_c.c_void_p, []),
+    "btf__find_by_name_kind": (_c.c_int, [_c.c_void_p, _c.c_char_p, _c.c_uint32]),
+    "btf__free": (None, [_c.c_void_p]),
     "ring_buffer__new": (_c.c_void_p, [_c.c_int, RING_SAMPLE_FN, _c.c_void_p, _c.c_void_p]),
     "ring_buffer__poll": (_c.c_int, [_c.c_void_p, _c.c_int]),
     "ring_buffer__consume": (_c.c_int, [_c.c_void_p]),
@@ -145,6 +148,18 @@ def set_print(sink: Optional[Callable[[int, str], None]], max_level: int = LIBBP
 def probe_helper(prog_type: int, helper_id: int) -> bool:
     """Whether the kernel lets prog_type call helper_id (libbpf loads a tiny program)."""
     return lib().libbpf_probe_bpf_helper(prog_type, helper_id, None) == 1
+
+
+BTF_KIND_STRUCT = 4
+
+
+def kernel_has_struct(name: str) -> bool:
+    """Whether the running kernel's BTF defines `struct name`."""
+    btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
+    try:
+        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
+    finally:
+        lib().btf__free(btf)
 
 
 def pinned_fd(path: str) -> int:

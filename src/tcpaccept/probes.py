@@ -23,10 +23,12 @@ KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 BPF_FUNC_TASK_PT_REGS = 175  # enum bpf_func_id, since 5.15
 
 PROGRAMS = {
-    "fexit": ("fexit_inet_csk_accept",),
+    "fexit": ("fexit_inet_csk_accept",),  # or FEXIT_PRE_6_10, see plan_for
     "kprobe": ("kprobe_inet_csk_accept", "kretprobe_inet_csk_accept"),
     "tracepoint": ("tp_exit_accept4", "tp_exit_accept"),
 }
+# inet_csk_accept(sk, flags, err, kern), before 6.10 turned it into (sk, arg).
+FEXIT_PRE_6_10 = ("fexit_inet_csk_accept_pre_6_10",)
 # Only when the saved user registers cannot give the listening fd (kernels < 5.15).
 TRACEPOINT_ENTER_PROGRAMS = ("tp_enter_accept4", "tp_enter_accept")
 # Stamps when children become ESTABLISHED, for the accept-queue latency; every method.
@@ -65,6 +67,10 @@ def unusable_reason(method: str) -> Optional[str]:
 
 
 def plan_for(method: str) -> Plan:
+    if method == "fexit":
+        new_signature = libbpf.kernel_has_struct("proto_accept_arg")
+        return Plan(method, (PROGRAMS[method] if new_signature else FEXIT_PRE_6_10)
+                    + COMMON_PROGRAMS)
     if method != "tracepoint":
         return Plan(method, PROGRAMS[method] + COMMON_PROGRAMS)
     saved_regs = libbpf.probe_helper(libbpf.BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_TASK_PT_REGS)

@@ -109,7 +109,7 @@ struct task_struct {
 	struct nsproxy *nsproxy;
 };
 
-/* Only its existence matters: it appeared in 6.10 with inet_csk_accept(sk, arg). */
+/* The second argument of inet_csk_accept since 6.10 (only passed through here). */
 struct proto_accept_arg {
 	int flags;
 	int err;

@@ -263,21 +263,24 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 
 /* ---- fexit ---- */
 
+/* 6.10 changed inet_csk_accept(sk, flags, err, kern) into inet_csk_accept(sk, arg). One
+ * program per signature: user space keeps the one the kernel's BTF describes (choosing
+ * in here would make clang compute the context offset, which the verifier refuses). */
 SEC("fexit/inet_csk_accept")
-int BPF_PROG(fexit_inet_csk_accept)
+int BPF_PROG(fexit_inet_csk_accept, struct sock *listener, struct proto_accept_arg *arg,
+	     struct sock *child)
 {
-	__u64 *args = ctx;
-	struct sock *listener = (void *)args[0];
-	struct sock *child;
-
 	if (!task_wanted(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	/* 6.10 changed inet_csk_accept(sk, flags, err, kern) to inet_csk_accept(sk, arg): the
-	 * return value follows the last argument. The branch not taken is pruned at load. */
-	if (bpf_core_type_exists(struct proto_accept_arg))
-		child = (void *)args[2];
-	else
-		child = (void *)args[4];
+	return emit_accept(child, listener, -1, -1, PROBE_FEXIT);
+}
+
+SEC("fexit/inet_csk_accept")
+int BPF_PROG(fexit_inet_csk_accept_pre_6_10, struct sock *listener, int flags, int *err,
+	     bool kern, struct sock *child)
+{
+	if (!task_wanted(bpf_get_current_pid_tgid() >> 32))
+		return 0;
 	return emit_accept(child, listener, -1, -1, PROBE_FEXIT);
 }
 
