@@ -103,6 +103,7 @@ struct nsproxy {
 };
 
 struct task_struct {
+	void *stack;
 	int pid;
 	int tgid;
 	struct files_struct *files;

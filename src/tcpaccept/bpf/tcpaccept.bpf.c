@@ -344,6 +344,24 @@ static __always_inline int on_accept_enter(struct syscall_enter_ctx *ctx)
 	return 0;
 }
 
+/* x86-64: THREAD_SIZE (16 KiB); the user registers are saved at the top of the stack. */
+#define KERNEL_STACK_SIZE (4096 << 2)
+
+/* The accepting thread's saved user registers: they still hold the syscall's first
+ * argument, the listening fd, even for an accept() that blocked before tracing began. */
+static __always_inline struct pt_regs *saved_user_regs(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		/* 5.15+; it wants a BTF task pointer (5.11+). */
+		return (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	/* Older kernels: what the kernel's task_pt_regs() computes. */
+	struct task_struct *task = (void *)bpf_get_current_task();
+	char *stack = BPF_CORE_READ(task, stack);
+
+	return stack ? (void *)(stack + KERNEL_STACK_SIZE - bpf_core_type_size(struct pt_regs))
+		     : NULL;
+}
+
 static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -353,6 +371,7 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	__s32 fd = (__s32)ctx->ret;
 
 	if (!filter_on(SAVED_REGS)) {
+		/* Kernels < 5.15: the enter tracepoint's record, exact when it exists. */
 		__s32 *saved = bpf_map_lookup_elem(&accepting_fd, &tid);
 
 		if (saved) {
@@ -362,11 +381,11 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	}
 	if (ctx->ret < 0 || !task_wanted(id >> 32))
 		return 0;
-	if (filter_on(SAVED_REGS) && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs)) {
-		/* bpf_task_pt_regs wants a BTF task pointer (5.11+; this branch is 5.15+). */
-		struct pt_regs *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (listen_fd < 0) {
+		struct pt_regs *regs = saved_user_regs();
 
-		listen_fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+		if (regs)
+			listen_fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
 	}
 	return emit_accept(sock_of_fd(task, fd), listen_fd >= 0 ? sock_of_fd(task, listen_fd) : NULL,
 			   fd, listen_fd, PROBE_TRACEPOINT);
