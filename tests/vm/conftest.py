@@ -37,3 +37,12 @@ def repo_root() -> Path:
 def kernel(request: pytest.FixtureRequest) -> str:
     """Each stock kernel in turn: "5.10", "6.1", "6.12"."""
     return str(request.param)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The kernel x method table, for CI logs and closing notes."""
+    import test_matrix
+
+    if test_matrix.RESULTS:
+        terminalreporter.write_sep("=", "kernel matrix")
+        terminalreporter.write_line(test_matrix.matrix_table())
