@@ -103,14 +103,15 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
             sink = build_sink(output, decoder, out, start_ns)
             if output.metrics:
                 sink = _with_metrics(sink, decoder, output.metrics, tracer)
-            print(BANNER, file=messages, flush=True)
-            sink.start()
             drops = None
             if output.drops or output.summary_interval:
                 try:
+                    # Its baseline is taken now: every drop after the banner is reported.
                     drops = FilteredDrops(config)
                 except DropMonitorError as exc:
                     raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
+            print(BANNER, file=messages, flush=True)
+            sink.start()
             run(tracer, sink, sys.stderr, stop, count=output.count, duration=output.duration,
                 drops=drops)
     except BrokenPipeError:
