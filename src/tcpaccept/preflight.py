@@ -75,9 +75,3 @@ def ensure_tracefs() -> str:
         err = ctypes.get_errno()
         raise TcpacceptError(f"cannot mount tracefs on /sys/kernel/tracing: {os.strerror(err)}")
     return "/sys/kernel/tracing"
-
-
-def check_all(log: Callable[[str], None]) -> None:
-    check_privileges()
-    check_kernel()
-    raise_memlock(log)

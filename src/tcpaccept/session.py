@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -28,10 +29,13 @@ def _stderr_logger(verbose: bool):
     return log
 
 
-def _prepare(verbose: bool) -> None:
+def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
     """Fail early and clearly; libbpf's own log only shows with --verbose."""
     log = _stderr_logger(verbose)
-    preflight.check_all(log)
+    preflight.check_privileges()
+    if kernel_checks:
+        preflight.check_kernel()
+    preflight.raise_memlock(log)
     try:
         libbpf.lib()
     except libbpf.LibbpfMissing as exc:
@@ -121,11 +125,16 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
 
 def check_report(out: TextIO, verbose: bool = False) -> int:
     """--check: each method usable or why not; kernel, BTF, libbpf; what auto would pick."""
-    preflight.check_privileges()
-    _prepare(verbose)
+    _prepare(verbose, kernel_checks=False)  # --check reports what is missing, in full
     out.write(f"kernel: {platform.release()}\n")
-    out.write(f"BTF: {'yes' if preflight.os.path.exists(preflight.BTF_PATH) else 'no'}\n")
+    out.write(f"BTF: {'yes' if os.path.exists(preflight.BTF_PATH) else 'no'}\n")
     out.write(f"libbpf: {libbpf.version()}\n")
+    try:
+        preflight.check_kernel()
+    except TcpacceptError as exc:
+        out.write(f"unsupported: {exc}\n")
+        out.write("auto would pick: none\n")
+        return 1
     usable = []
     for method in probes.METHODS:
         tracer = Tracer(Config(probe=method))

@@ -31,7 +31,8 @@ def test_missing_btf_says_what_is_needed(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_missing_libbpf_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(libbpf, "_lib", None)
     monkeypatch.setattr(libbpf, "LIBBPF_SONAME", "libbpf-does-not-exist.so.1")
-    monkeypatch.setattr(preflight, "check_all", lambda log: None)
+    monkeypatch.setattr(preflight, "check_privileges", lambda: None)
+    monkeypatch.setattr(preflight, "check_kernel", lambda: None)
     with pytest.raises(TcpacceptError) as err:
         session._prepare(verbose=False)
     message = str(err.value)
