@@ -96,6 +96,10 @@ class Tracer:
                     return
                 except libbpf.LibbpfError as exc:
                     reason = str(exc)
+                    if method == "fexit" and exc.errno == errno.EPERM:
+                        # As root, EPERM at load means the kernel refuses tracing programs
+                        # (a lockdown or vendor policy), not a missing privilege.
+                        reason = f"the kernel refuses fentry/fexit programs ({reason})"
                     self._release()
                 except TcpacceptError:  # the operator's input, whatever the method
                     self._release()
