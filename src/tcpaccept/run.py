@@ -13,7 +13,8 @@ from .event import Decoder
 from .tracer import Tracer
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
-POLL_MS = 250
+# How long a lone event may wait: the kernel wakes us only for batches (tcpaccept.bpf.c).
+POLL_MS = 50
 DROPS_POLL_S = 1.0
 
 

@@ -13,6 +13,7 @@ from . import libbpf, probes
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
 
+_libc = ctypes.CDLL(None)
 BPF_OBJECT = Path(__file__).with_name("bpf") / "tcpaccept.bpf.o"
 
 # enum filter_flag in bpf/tcpaccept.h
@@ -129,6 +130,8 @@ class Tracer:
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
         self._reuse_pinned(obj)
         obj.load()
+        # libbpf parsed the kernel's BTF (~11 MB of heap) to load: hand it back to the OS.
+        _libc.malloc_trim(0)
         self._fill_filter_maps(obj)
         for name in plan.programs:
             self._links.append(obj.program(name).attach())
@@ -188,11 +191,9 @@ class Tracer:
         if self._ring is None:
             raise TcpacceptError("tracer is not started")
         self._batch = []
-        try:
-            self._ring.poll(timeout_ms)
-        except libbpf.LibbpfError as exc:
-            if exc.errno != errno.EINTR:
-                raise
+        self._ring.poll(timeout_ms)
+        # The kernel side wakes us only for full batches: take what came without a wakeup.
+        self._ring.consume()
         return self._batch
 
     def lost_events(self) -> int:

@@ -179,4 +179,8 @@ def test_signal_detaches_and_leaves_no_program_loaded(stop_signal: int) -> None:
     run.stop(stop_signal)
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip() == "Tracing TCP accepts. Hit Ctrl-C to end."
+    # The kernel frees a detached program after an RCU grace period: allow it a moment.
+    deadline = time.monotonic() + 5
+    while loaded & _our_program_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not loaded & _our_program_ids()

@@ -17,6 +17,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define WAKEUP_BATCH_BYTES (64 * sizeof(struct accept_event))
+
 const volatile struct tcpaccept_config config = {};
 
 struct {
@@ -257,7 +259,11 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	if (established)
 		bpf_map_delete_elem(&established_at, &child_key);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	/* Wake the reader only once a batch is waiting: a wakeup per event cost the traced
+	 * server more than everything else together. User space also polls on a short
+	 * timeout, so a lone event is still printed within that time. */
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BATCH_BYTES
+				      ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
