@@ -36,6 +36,7 @@ examples:
   tcpaccept --no-unmap           # show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d
   tcpaccept -n 10                # stop after 10 accepts
   tcpaccept -d 30                # stop after 30 seconds
+  tcpaccept --ring-buffer 16384  # a 16 MiB kernel ring buffer for bursty hosts
   tcpaccept --probe tracepoint   # force an attach method
   tcpaccept --check              # what works on this kernel, and what auto would pick
 """
@@ -130,6 +131,14 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, number
 
 
+def _ring_kib(text: str) -> int:
+    size = _int_in(4, 1 << 20, "ring buffer size (KiB)")(text)
+    # The kernel wants a power-of-two number of pages.
+    if size & (size - 1):
+        raise argparse.ArgumentTypeError(f"ring buffer size {text} KiB is not a power of two")
+    return size
+
+
 def _cgroup_dir(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"cgroup {text!r} is not a directory")
@@ -203,6 +212,9 @@ def build_parser() -> OneLineParser:
                      help="stop after N accepts")
     run.add_argument("--probe", choices=PROBE_CHOICES, default="auto",
                      help="attach method (default: the best that works here)")
+    run.add_argument("--ring-buffer", type=_ring_kib, default=4096, metavar="KIB",
+                     help="kernel ring buffer size in KiB, a power of two >= 4 (default "
+                          "4096: ~37k events of headroom)")
     run.add_argument("--check", action="store_true",
                      help="print what works on this kernel and exit")
     run.add_argument("--version", action="version", version=f"tcpaccept {__version__}")
@@ -226,6 +238,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         remotes=tuple(sorted(args.remote or (), key=str)),
         family=family,
         probe=args.probe,
+        ring_buffer_bytes=args.ring_buffer * 1024,
     )
     output = OutputConfig(
         json=args.json,

@@ -27,6 +27,8 @@ BAD = [
     (["-P", "0"], ["-P/--port", "0"]),
     (["-P", ",".join(map(str, range(1, 1100)))], ["-P/--port", "1099 ports", "at most 1024"]),
     (["-s", "0"], ["-s/--summary", "0"]),
+    (["--ring-buffer", "5"], ["--ring-buffer", "5"]),
+    (["--ring-buffer", "2"], ["--ring-buffer", "2"]),
     (["--metrics", "localhost:x"], ["--metrics", "localhost:x"]),
     (["--metrics", "70000"], ["--metrics", "70000"]),
     (["-u", "-5"], ["-u/--uid", "-5"]),
