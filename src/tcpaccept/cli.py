@@ -239,6 +239,8 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         family=family,
         probe=args.probe,
         ring_buffer_bytes=args.ring_buffer * 1024,
+        # Only the default text layout has no use for the queue latency: skip its hook.
+        queue_latency=bool(args.latency or args.json or args.summary or args.metrics),
     )
     output = OutputConfig(
         json=args.json,

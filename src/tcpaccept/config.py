@@ -25,6 +25,9 @@ class Config:
     remotes: tuple[IPNetwork, ...] = ()
     family: Optional[int] = None  # 4 or 6; IPv4-mapped clients count as 4
     probe: str = "auto"
+    # Stamp children as they become ESTABLISHED (one more hook on every TCP state change),
+    # so that accepts carry their accept-queue wait.
+    queue_latency: bool = True
     ring_buffer_bytes: int = 4 << 20
 
 

@@ -32,7 +32,7 @@ FEXIT_PRE_6_10 = ("fexit_inet_csk_accept_pre_6_10",)
 # Only when the saved user registers cannot give the listening fd (kernels < 5.15).
 TRACEPOINT_ENTER_PROGRAMS = ("tp_enter_accept4", "tp_enter_accept")
 # Stamps when children become ESTABLISHED, for the accept-queue latency; every method.
-COMMON_PROGRAMS = ("stamp_established",)
+LATENCY_PROGRAMS = ("stamp_established",)
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,15 @@ def unusable_reason(method: str) -> Optional[str]:
     raise ValueError(f"unknown attach method {method!r}")
 
 
-def plan_for(method: str) -> Plan:
+def plan_for(method: str, queue_latency: bool = True) -> Plan:
+    common = LATENCY_PROGRAMS if queue_latency else ()
     if method == "fexit":
         new_signature = libbpf.kernel_has_struct("proto_accept_arg")
-        return Plan(method, (PROGRAMS[method] if new_signature else FEXIT_PRE_6_10)
-                    + COMMON_PROGRAMS)
+        return Plan(method, (PROGRAMS[method] if new_signature else FEXIT_PRE_6_10) + common)
     if method != "tracepoint":
-        return Plan(method, PROGRAMS[method] + COMMON_PROGRAMS)
+        return Plan(method, PROGRAMS[method] + common)
     saved_regs = libbpf.probe_helper(libbpf.BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_TASK_PT_REGS)
-    programs = PROGRAMS[method] + COMMON_PROGRAMS
+    programs = PROGRAMS[method] + common
     if not saved_regs:
         programs += TRACEPOINT_ENTER_PROGRAMS
     return Plan(method, programs, saved_regs)

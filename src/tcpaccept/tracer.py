@@ -28,9 +28,13 @@ FILTER_MNTNSMAP = 1 << 7
 FILTER_REMOTE = 1 << 8
 FILTER_FAMILY = 1 << 9
 SAVED_REGS = 1 << 10
+QUEUE_LATENCY = 1 << 11
 
-# struct tcpaccept_config: flags, uid, netns, family, comm[16]
-CONFIG_RECORD = struct.Struct("<IIII16s")
+# struct tcpaccept_config: flags, uid, netns, family, comm[16], wakeup_batch
+CONFIG_RECORD = struct.Struct("<IIII16sI")
+# A ring slot: the 8-byte record header plus the event.
+RING_SLOT_BYTES = 8 + 112
+MAX_WAKEUP_BATCH = 1024
 
 
 def config_record(config: Config, saved_regs: bool) -> bytes:
@@ -45,9 +49,13 @@ def config_record(config: Config, saved_regs: bool) -> bytes:
     flags |= FILTER_MNTNSMAP if config.mntnsmap else 0
     flags |= FILTER_REMOTE if config.remotes else 0
     flags |= FILTER_FAMILY if config.family else 0
+    flags |= QUEUE_LATENCY if config.queue_latency else 0
     comm = (config.comm or "").encode()[:15]
+    # Wake user space when an eighth of the ring has filled on one CPU (it polls every
+    # 50 ms anyway), so even a small ring has room to spare when the reader wakes.
+    wakeup_batch = max(1, min(MAX_WAKEUP_BATCH, config.ring_buffer_bytes // RING_SLOT_BYTES // 8))
     return CONFIG_RECORD.pack(flags, config.uid or 0, config.netns or 0, config.family or 0,
-                              comm)
+                              comm, wakeup_batch)
 
 
 def remote_key(network: IPNetwork) -> bytes:
@@ -91,7 +99,7 @@ class Tracer:
             reason = probes.unusable_reason(method)
             if reason is None:
                 try:
-                    self._start_with(probes.plan_for(method))
+                    self._start_with(probes.plan_for(method, self.config.queue_latency))
                     self.method = method
                     self.log(f"attach method: {method}")
                     return

@@ -13,14 +13,11 @@
 
 typedef _Bool bool;
 enum { false = 0, true = 1 };
-typedef __u16 umode_t;
 
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_RECV 3
 
@@ -76,12 +73,7 @@ struct socket {
 	struct sock *sk;
 };
 
-struct inode {
-	umode_t i_mode;
-};
-
 struct file {
-	struct inode *f_inode;
 	void *private_data;
 };
 

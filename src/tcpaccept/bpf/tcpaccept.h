@@ -48,6 +48,7 @@ enum filter_flag {
 	FILTER_REMOTE = 1 << 8,    /* remote_filter LPM trie */
 	FILTER_FAMILY = 1 << 9,    /* config.family (4 or 6; IPv4-mapped IPv6 counts as 4) */
 	SAVED_REGS = 1 << 10,      /* read the listening fd from the task's saved user registers */
+	QUEUE_LATENCY = 1 << 11,   /* stamp_established runs: look the child's stamp up */
 };
 
 struct tcpaccept_config {
@@ -56,6 +57,7 @@ struct tcpaccept_config {
 	__u32 netns;
 	__u32 family;
 	char comm[TASK_COMM_LEN];
+	__u32 wakeup_batch; /* wake the reader after this many events per CPU */
 };
 
 /* Key of the remote-address LPM trie: IPv4 ranges are stored as IPv4-mapped IPv6. */
