@@ -99,12 +99,17 @@ def test_accept_blocked_before_tracing_started_matches_the_method() -> None:
         run = start_tracer()
         client = connect("127.0.0.1", server.port)
         accepted = server.collect()
+        # Control: an accept that starts after the tracer is seen by every method.
+        later_client = connect("127.0.0.1", server.port)
+        later = server.accept(1)
         run.stop()
+        events = run.events([server.pid])
         if method == "tracepoint":
-            _assert_matches(run.events([server.pid]), server, [client], accepted)
+            _assert_matches(events, server, [client, later_client], accepted + later)
         else:
-            assert run.events([server.pid]) == []
+            _assert_matches(events, server, [later_client], later)
         client.close()
+        later_client.close()
 
 
 def test_no_event_for_unix_eagain_udp_or_client_connect() -> None:
@@ -126,9 +131,15 @@ def test_no_event_for_unix_eagain_udp_or_client_connect() -> None:
         udp.recv(1)
         # This process's connect() (the server never accepts: the active side only).
         client = connect("127.0.0.1", server.port)
-        run.stop()
+        # Control: a real TCP accept in the same run, so a dead tracer cannot pass.
+        with start_server(comm="control") as control:
+            control_client = connect("127.0.0.1", control.port)
+            control_accepted = control.accept(1)
+            run.stop()
         assert run.events([server.pid, os.getpid()]) == []
-        for s in (unix_listener, unix_client, udp, client):
+        _assert_matches(run.events([control.pid]), control, [control_client],
+                        control_accepted)
+        for s in (unix_listener, unix_client, udp, client, control_client):
             s.close()
 
 
