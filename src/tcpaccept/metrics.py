@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 
 from .drops import DropReport
-from .event import Decoder
+from .event import Decoder, Event
 from .run import Sink
 
 LISTENER_LABELS = ("laddr", "lport", "comm")
@@ -40,10 +40,8 @@ class LostEventsCollector:
 
 
 class MetricsTee:
-    """Counts every event for Prometheus, then passes it on to the real sink.
-
-    It decodes records itself (the inner sink decodes again): a second decode only
-    when --metrics is on, and the plain output path stays one tight loop."""
+    """Counts every event for Prometheus, then passes the decoded events on to the real
+    sink (which, without --metrics, decodes and formats in one tight loop itself)."""
 
     def __init__(self, inner: Sink, decoder: Decoder, address: str, port: int,
                  lost_events: Optional[Callable[[], int]] = None) -> None:
@@ -73,15 +71,17 @@ class MetricsTee:
         self.inner.start()
 
     def handle(self, records: list[bytes]) -> None:
-        for record in records:
-            e = self._decode(record)
+        self.handle_events([self._decode(record) for record in records])
+
+    def handle_events(self, events: list[Event]) -> None:
+        for e in events:
             labels = (e.laddr, str(e.lport), e.comm)
             self.accepts.labels(*labels).inc()
             self.backlog.labels(*labels).set(e.backlog)
             self.backlog_max.labels(*labels).set(e.backlog_max)
             if e.queue_latency_ns is not None:
                 self.latency.labels(*labels).observe(e.queue_latency_ns / 1e9)
-        self.inner.handle(records)
+        self.inner.handle_events(events)  # decoded once, shared with the real sink
 
     def handle_drops(self, reports: list[DropReport]) -> None:
         for r in reports:

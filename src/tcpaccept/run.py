@@ -9,7 +9,7 @@ import time
 from typing import Callable, Optional, Protocol, TextIO
 
 from .drops import DropReport
-from .event import Decoder
+from .event import Decoder, Event
 from .tracer import Tracer
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
@@ -23,6 +23,7 @@ class Sink(Protocol):
 
     def start(self) -> None: ...
     def handle(self, records: list[bytes]) -> None: ...
+    def handle_events(self, events: list[Event]) -> None: ...
     def handle_drops(self, reports: list[DropReport]) -> None: ...
     def tick(self, now: float) -> None: ...
     def finish(self) -> None: ...
@@ -51,7 +52,14 @@ class LineSink:
 
     def handle(self, records: list[bytes]) -> None:
         decode, line = self._decode, self._line
-        self._out.write("".join([line(decode(r)) + "\n" for r in records]))
+        self._write([line(decode(r)) + "\n" for r in records])
+
+    def handle_events(self, events: list[Event]) -> None:
+        line = self._line
+        self._write([line(e) + "\n" for e in events])
+
+    def _write(self, lines: list[str]) -> None:
+        self._out.write("".join(lines))
         # A person watching, or `| grep`, sees each batch at once.
         self._out.flush()
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional, TextIO
 
 from .drops import DropReport
-from .event import Decoder
+from .event import Decoder, Event
 from .output.clock import hms, iso_prefix
 
 TOP_REMOTES = 5
@@ -95,8 +95,10 @@ class SummarySink:
         self._interval_start = time.monotonic()
 
     def handle(self, records: list[bytes]) -> None:
-        for record in records:
-            e = self._decode(record)
+        self.handle_events([self._decode(record) for record in records])
+
+    def handle_events(self, events: list[Event]) -> None:
+        for e in events:
             listener = ListenerId(e.laddr, e.lport, e.pid, e.comm)
             stats = self._stats.get(listener)
             if stats is None:
