@@ -25,7 +25,12 @@ class ListenerId:
 
     @property
     def endpoint(self) -> str:
-        return f"[{self.laddr}]:{self.lport}" if ":" in self.laddr else f"{self.laddr}:{self.lport}"
+        return endpoint(self.laddr, self.lport)
+
+
+def endpoint(laddr: str, lport: int) -> str:
+    """addr:port, with IPv6 addresses in brackets."""
+    return f"[{laddr}]:{lport}" if ":" in laddr else f"{laddr}:{lport}"
 
 
 @dataclass
@@ -166,9 +171,9 @@ class SummarySink:
           f"{'BL':>11} {'BLPEAK':>6} {'P50(ms)':>9} {'P99(ms)':>9} {'MAX(ms)':>9} "
           f"{'DROPS':>6}\n")
         for r in rows:
-            endpoint = ListenerId(r["laddr"], r["lport"], 0, "").endpoint
             backlog = f"{r['backlog']}/{r['backlog_max']}"
-            w(f"{endpoint:<46} {r['pid']:<7} {r['comm']:<15} {r['accepts']:>8} "
+            where = endpoint(r["laddr"], r["lport"])
+            w(f"{where:<46} {r['pid']:<7} {r['comm']:<15} {r['accepts']:>8} "
               f"{r['accepts_per_s']:>9.1f} {backlog:>11} {r['backlog_peak']:>6} "
               f"{_ms(r['queue_latency_p50_us']):>9} {_ms(r['queue_latency_p99_us']):>9} "
               f"{_ms(r['queue_latency_max_us']):>9} {r['drops']:>6}\n")
