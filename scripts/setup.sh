@@ -12,6 +12,9 @@ packages=(libbpf1 libbpf-dev linux-libc-dev clang make python3 python3-venv)
 if ((want_test)); then
   # Real servers, traffic tools and the peers the tests compare against.
   packages+=(nginx-light bpftool bpftrace iproute2 libc6-dev wrk)
+  # Containers (issue: containers), a real Prometheus (fleet), io_uring servers, the image base.
+  packages+=(podman runc busybox-static uidmap docker.io containerd prometheus liburing-dev
+             debootstrap man-db)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -25,7 +28,10 @@ if ((${#missing[@]})); then
 fi
 if ((want_test)); then
   # The Debian nginx package starts a server on :80 at install; tests start their own.
-  systemctl disable --now nginx >/dev/null 2>&1 || true
+  # Same for the container engines and Prometheus: tests start their own, on loopback.
+  for service in nginx prometheus docker docker.socket containerd; do
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+  done
 fi
 
 make -s -C src/tcpaccept/bpf
