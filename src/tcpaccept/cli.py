@@ -22,6 +22,7 @@ examples:
   tcpaccept -s 10                # every 10 s a table per listener; histograms at exit
   tcpaccept --drops              # also DROP lines when a listener's queue overflows
   tcpaccept --metrics 0.0.0.0:9435 -s 60   # Prometheus metrics, a summary each minute
+  tcpaccept --metrics 0.0.0.0:9435 -q      # metrics only: the agent on every node
   tcpaccept -p 181,4242          # only accepts by PIDs 181 and 4242
   tcpaccept -P 80,443            # only local ports 80 and 443
   tcpaccept -4                   # only IPv4 (IPv4 clients of dual-stack listeners too)
@@ -179,6 +180,8 @@ def build_parser() -> OneLineParser:
                           "sampled every second")
     out.add_argument("--metrics", type=_listen_address, metavar="[ADDR:]PORT",
                      help="serve Prometheus metrics on ADDR:PORT (ADDR defaults to 127.0.0.1)")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="print no accept lines (with --metrics: the always-on agent mode)")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
                      help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
     out.add_argument("-v", "--verbose", action="store_true",
@@ -255,6 +258,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         summary_interval=args.summary,
         drops=args.drops,
         metrics=args.metrics,
+        quiet=args.quiet,
     )
     return config, output
 

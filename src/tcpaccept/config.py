@@ -47,3 +47,4 @@ class OutputConfig:
     summary_interval: Optional[float] = None
     drops: bool = False
     metrics: Optional[tuple[str, int]] = None  # (address, port) for Prometheus
+    quiet: bool = False  # no accept lines (with metrics: the always-on agent)

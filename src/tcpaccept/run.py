@@ -1,79 +1,36 @@
-"""The event loop: poll the tracer, hand batches to a sink, report losses, stop cleanly."""
+"""The event loop: poll the tracer, decode each record once, hand model objects to the sink.
+
+Nothing here formats or prints (but for warnings about the drop monitor, which never stop
+tracing): output belongs to the sinks, resources to the session.
+"""
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
-from typing import Callable, Optional, Protocol, TextIO
+from typing import Callable, Optional, Protocol
 
-from .drops import DropReport
-from .event import Decoder, Event
-from .tracer import Tracer
+from .drops import DropMonitorError
+from .model import Accept, Drop, Lost
+from .sink import Sink
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 # How long a lone event may wait: the kernel wakes us only for batches (tcpaccept.bpf.c).
 POLL_MS = 50
 DROPS_POLL_S = 1.0
+LOST_CHECK_S = 1.0
 
 
-class Sink(Protocol):
-    """Where decoded events go: line output, summary tables, ..."""
+class RecordSource(Protocol):
+    """What the loop needs of the tracer."""
 
-    def start(self) -> None: ...
-    def handle(self, records: list[bytes]) -> None: ...
-    def handle_events(self, events: list[Event]) -> None: ...
-    def handle_drops(self, reports: list[DropReport]) -> None: ...
-    def tick(self, now: float) -> None: ...
-    def finish(self) -> None: ...
+    def poll(self, timeout_ms: int) -> list[bytes]: ...
+    def lost_events(self) -> int: ...
 
 
 class DropSource(Protocol):
-    def poll(self) -> list[DropReport]: ...
-    def flush(self) -> list[DropReport]: ...
-
-
-class LineSink:
-    """One formatted line per event, written and flushed once per batch."""
-
-    def __init__(self, decoder: Decoder, line: Callable, out: TextIO,
-                 header: Optional[str] = None, drop_line: Optional[Callable] = None) -> None:
-        self._decode = decoder.decode
-        self._line = line
-        self._drop_line = drop_line
-        self._out = out
-        self._header = header
-
-    def start(self) -> None:
-        if self._header is not None:
-            self._out.write(self._header + "\n")
-            self._out.flush()
-
-    def handle(self, records: list[bytes]) -> None:
-        decode, line = self._decode, self._line
-        self._write([line(decode(r)) + "\n" for r in records])
-
-    def handle_events(self, events: list[Event]) -> None:
-        line = self._line
-        self._write([line(e) + "\n" for e in events])
-
-    def _write(self, lines: list[str]) -> None:
-        self._out.write("".join(lines))
-        # A person watching, or `| grep`, sees each batch at once.
-        self._out.flush()
-
-    def handle_drops(self, reports: list[DropReport]) -> None:
-        if reports and self._drop_line is not None:
-            now = time.time_ns()
-            self._out.write("".join(self._drop_line(r, now) + "\n" for r in reports))
-            self._out.flush()
-
-    def tick(self, now: float) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
+    def poll(self) -> list[Drop]: ...
+    def flush(self) -> list[Drop]: ...
 
 
 class StopFlag:
@@ -90,22 +47,80 @@ class StopFlag:
         self.set = True
 
 
+class _LostCounter:
+    """Turns the kernel's running total of lost events into Lost items (deltas)."""
+
+    def __init__(self, tracer: RecordSource) -> None:
+        self._tracer = tracer
+        self._reported = 0
+
+    def delta(self) -> list[Lost]:
+        lost = self._tracer.lost_events()
+        if lost <= self._reported:
+            return []
+        fresh, self._reported = lost - self._reported, lost
+        return [Lost(fresh, "ring buffer")]
+
+
+class _DropPoller:
+    """Polls the drop monitor; a failed poll is one warning and a retry, never the end."""
+
+    def __init__(self, drops: DropSource, warn: Callable[[str], None]) -> None:
+        self._drops = drops
+        self._warn = warn
+        self._failing = False
+
+    def _call(self, poll: Callable[[], list[Drop]]) -> list[Drop]:
+        try:
+            reports = poll()
+        except DropMonitorError as exc:
+            if not self._failing:  # once per outage, not once a second
+                self._warn(f"listener drops: {exc} (retrying every {DROPS_POLL_S:g} s)")
+            self._failing = True
+            return []
+        if self._failing:
+            self._warn("listener drops: sampling works again")
+            self._failing = False
+        for message in getattr(self._drops, "warnings", lambda: [])():
+            self._warn(f"listener drops: {message}")
+        return reports
+
+    def poll(self) -> list[Drop]:
+        return self._call(self._drops.poll)
+
+    def flush(self) -> list[Drop]:
+        return self._call(self._drops.flush)
+
+
 def run(
-    tracer: Tracer,
+    tracer: RecordSource,
+    decode: Callable[[bytes], Accept],
     sink: Sink,
-    err: TextIO,
     stop: StopFlag,
+    warn: Callable[[str], None],
     count: Optional[int] = None,
     duration: Optional[float] = None,
     drops: Optional[DropSource] = None,
 ) -> int:
-    """Trace until a signal, the duration or the count; returns the number of events."""
+    """Trace until a signal, the duration or the count; returns the number of accepts."""
     deadline = time.monotonic() + duration if duration else None
+    lost = _LostCounter(tracer)
+    poller = _DropPoller(drops, warn) if drops is not None else None
     seen = 0
-    reported_lost = 0
     next_lost_check = 0.0
     next_drops_poll = time.monotonic() + DROPS_POLL_S
-    while not stop.set:
+
+    def deliver(records: list[bytes]) -> bool:
+        """Decode and hand on; True when the count is reached."""
+        nonlocal seen
+        if count is not None and seen + len(records) >= count:
+            records = records[: count - seen]
+        sink.handle([decode(record) for record in records])
+        seen += len(records)
+        return count is not None and seen >= count
+
+    done = False
+    while not stop.set and not done:
         timeout = POLL_MS
         if deadline is not None:
             remaining = deadline - time.monotonic()
@@ -114,49 +129,22 @@ def run(
             timeout = max(1, min(timeout, int(remaining * 1000)))
         records = tracer.poll(timeout)
         if records:
-            if count is not None and seen + len(records) >= count:
-                sink.handle(records[: count - seen])
-                seen = count
-                break
-            sink.handle(records)
-            seen += len(records)
+            done = deliver(records)
         now = time.monotonic()
         if now >= next_lost_check:
-            reported_lost = _report_lost(tracer, err, reported_lost)
-            next_lost_check = now + 1.0
-        if drops is not None and now >= next_drops_poll:
-            sink.handle_drops(drops.poll())
+            sink.handle(lost.delta())
+            next_lost_check = now + LOST_CHECK_S
+        if poller is not None and now >= next_drops_poll:
+            sink.handle(poller.poll())
             next_drops_poll = now + DROPS_POLL_S
         sink.tick(now)
     # Drain what is already queued so that a stop never drops accepted events silently.
-    if count is None or seen < count:
-        for records in iter(lambda: tracer.poll(0), []):
-            take = records if count is None else records[: count - seen]
-            sink.handle(take)
-            seen += len(take)
-            if count is not None and seen >= count:
-                break
-    if drops is not None:
-        sink.handle_drops(drops.flush())  # drops not yet reported are reported once more
-    lost = tracer.lost_events()
-    if lost > reported_lost:
-        err.write(f"Lost {lost - reported_lost} events\n")
-    if lost:
-        err.write(f"Lost {lost} events in total\n")
-    sink.finish()
+    while not done:
+        records = tracer.poll(0)
+        if not records:
+            break
+        done = deliver(records)
+    if poller is not None:
+        sink.handle(poller.flush())  # drops not yet reported are reported once more
+    sink.handle(lost.delta())
     return seen
-
-
-def _report_lost(tracer: Tracer, err: TextIO, reported: int) -> int:
-    lost = tracer.lost_events()
-    if lost > reported:
-        err.write(f"Lost {lost - reported} events\n")
-        err.flush()
-    return lost
-
-
-def silence_stdout() -> None:
-    """After EPIPE (`| head -1`): point stdout at /dev/null so the exit flush is quiet."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)

@@ -1,32 +1,44 @@
-"""Wires a Config to a Tracer and an output sink, with the CLI's error and exit handling."""
+"""Wires a Config to a Tracer, a drop monitor, the sinks and the metrics server.
+
+One owner: every resource is entered into one ExitStack in ``trace``, so whatever fails,
+everything opened so far is closed in reverse order. Expected failures become a
+TcpacceptError (one line, an exit code) for ``cli.main``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Callable, Iterator, Optional, Sequence, TextIO
 
 from . import libbpf, preflight, probes
 from .cgroups import CgroupPaths
 from .config import Config, OutputConfig
-from .drops import DropMonitorError, DropReport, ListenerDropMonitor
+from .drops import DropMonitorError, ListenerDropMonitor
 from .errors import TcpacceptError
-from .event import Decoder
+from .model import Drop
 from .output.json_lines import JsonFormatter
+from .output.lines import LineSink
 from .output.text import TextFormatter
-from .run import BANNER, LineSink, Sink, StopFlag, run, silence_stdout
+from .run import BANNER, StopFlag, run
+from .sink import LostNotices, Sink, Tee
 from .summary import SummarySink
 from .tracer import Tracer
 
 
-def _stderr_logger(verbose: bool):
+def _stderr_logger(verbose: bool) -> Callable[[str], None]:
     def log(message: str) -> None:
         if verbose:
             print(f"tcpaccept: {message}", file=sys.stderr, flush=True)
 
     return log
+
+
+def _warn(message: str) -> None:
+    print(f"tcpaccept: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
@@ -43,13 +55,16 @@ def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
     libbpf.set_print((lambda _level, line: log(f"libbpf: {line}")) if verbose else None)
 
 
-def build_sink(output: OutputConfig, decoder: Decoder, out: TextIO, start_ns: int) -> Sink:
+def build_output_sink(output: OutputConfig, out: TextIO, start_ns: int) -> Sink:
+    """The sink that prints: summary tables, JSON lines or the seed's text lines."""
+    notices = LostNotices(sys.stderr)
     if output.summary_interval:
-        return SummarySink(decoder, out, output.summary_interval, output.json)
+        return SummarySink(out, output.summary_interval, output.json, notices)
     cgroup_path = CgroupPaths() if output.extended else None
     if output.json:
         formatter = JsonFormatter(cgroup_path)
-        return LineSink(decoder, formatter.line, out, drop_line=formatter.drop_line)
+        return LineSink(out, notices, None if output.quiet else formatter.line,
+                        drop_line=formatter.drop_line)
     text = TextFormatter(
         relative_to_ns=start_ns if output.relative_time else None,
         extended=output.extended,
@@ -57,41 +72,56 @@ def build_sink(output: OutputConfig, decoder: Decoder, out: TextIO, start_ns: in
         cgroup_path=cgroup_path,
         both_times=output.clock_time,
     )
-    return LineSink(decoder, text.line, out, header=text.header(), drop_line=text.drop_line)
+    return LineSink(out, notices, None if output.quiet else text.line,
+                    header=text.header(), drop_line=text.drop_line)
 
 
 class FilteredDrops:
     """Listener drops for the processes the user asked about (ports filter in netlink)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, monitor: ListenerDropMonitor) -> None:
         self.config = config
-        self.monitor = ListenerDropMonitor(ports=config.lports or None)
+        self.monitor = monitor
         self.monitor.poll()  # the baseline: drops from before tracing are not reported
 
-    def _wanted(self, reports: list[DropReport]) -> list[DropReport]:
+    def _wanted(self, reports: Sequence[Drop]) -> list[Drop]:
         c = self.config
         return [r for r in reports
                 if (not c.pids or r.pid in c.pids) and (c.comm is None or r.comm == c.comm)]
 
-    def poll(self) -> list[DropReport]:
+    def poll(self) -> list[Drop]:
         return self._wanted(self.monitor.poll())
 
-    def flush(self) -> list[DropReport]:
-        reports = self._wanted(self.monitor.flush())
-        self.monitor.close()
-        return reports
+    def flush(self) -> list[Drop]:
+        return self._wanted(self.monitor.flush())
+
+    def warnings(self) -> list[str]:
+        fetch = getattr(self.monitor, "warnings", None)
+        return fetch() if fetch is not None else []
 
 
-def _with_metrics(sink: Sink, decoder: Decoder, address: tuple[str, int],
-                  tracer: Tracer) -> Sink:
-    from .metrics import MetricsTee  # prometheus_client costs 50 ms to import: only here
+@contextlib.contextmanager
+def _metrics_server(registry: object, address: tuple[str, int]) -> Iterator[None]:
+    from prometheus_client import start_http_server
 
     try:
-        return MetricsTee(sink, decoder, address[0], address[1], tracer.lost_events)
+        server, _thread = start_http_server(address[1], address[0], registry=registry)
     except OSError as exc:
         raise TcpacceptError(
             f"--metrics {address[0]}:{address[1]}: cannot listen: {exc.strerror}"
         ) from None
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _open_drop_monitor(config: Config) -> ListenerDropMonitor:
+    try:
+        return ListenerDropMonitor(ports=config.lports or None)
+    except DropMonitorError as exc:
+        raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
 
 
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
@@ -99,28 +129,42 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
     _prepare(output.verbose)
     stop = StopFlag()
     stop.install()
-    decoder = Decoder(unmap_ipv4=output.unmap_ipv4)
-    messages = sys.stderr if output.json else out
+    # Only JSON (or nothing, with --quiet) goes to stdout; the banner then goes to stderr.
+    messages = sys.stderr if output.json or output.quiet else out
     try:
-        with Tracer(config, _stderr_logger(output.verbose)) as tracer:
-            start_ns = time.time_ns()
-            sink = build_sink(output, decoder, out, start_ns)
-            if output.metrics:
-                sink = _with_metrics(sink, decoder, output.metrics, tracer)
+        with contextlib.ExitStack() as owned:
+            tracer = owned.enter_context(Tracer(config, _stderr_logger(output.verbose)))
+            decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4)
             drops = None
             if output.drops or output.summary_interval:
-                try:
-                    # Its baseline is taken now: every drop after the banner is reported.
-                    drops = FilteredDrops(config)
-                except DropMonitorError as exc:
-                    raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
+                # Its baseline is taken now: every drop after the banner is reported.
+                monitor = owned.enter_context(_open_drop_monitor(config))
+                drops = FilteredDrops(config, monitor)
+            sinks: list[Sink] = []
+            if output.metrics:
+                from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
+
+                metrics = MetricsSink()
+                owned.enter_context(_metrics_server(metrics.registry, output.metrics))
+                sinks.append(metrics)
             print(BANNER, file=messages, flush=True)
-            sink.start()
-            run(tracer, sink, sys.stderr, stop, count=output.count, duration=output.duration,
-                drops=drops)
+            sinks.append(build_output_sink(output, out, time.time_ns()))
+            sink = owned.enter_context(contextlib.closing(
+                sinks[0] if len(sinks) == 1 else Tee(*sinks)))
+            run(tracer, decoder.decode, sink, stop, _warn, count=output.count,
+                duration=output.duration, drops=drops)
     except BrokenPipeError:
         silence_stdout()
+    except libbpf.LibbpfError as exc:  # a ring-buffer poll failing mid-run
+        raise TcpacceptError(str(exc)) from None
     return 0
+
+
+def silence_stdout() -> None:
+    """After EPIPE (`| head -1`): point stdout at /dev/null so the exit flush is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def check_report(out: TextIO, verbose: bool = False) -> int:

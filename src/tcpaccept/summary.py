@@ -7,11 +7,11 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional, TextIO
+from typing import Optional, Sequence, TextIO
 
-from .drops import DropReport
-from .event import Decoder, Event
+from .model import Accept, Drop, Item, Lost
 from .output.clock import hms, iso_prefix
+from .sink import LostNotices
 
 TOP_REMOTES = 5
 
@@ -84,26 +84,33 @@ def _ms(value_us: Optional[float]) -> str:
 
 
 class SummarySink:
-    """Aggregates events (and drop reports) and prints them every `interval` seconds."""
+    """Aggregates accepts (and drops) and prints them every `interval` seconds."""
 
-    def __init__(self, decoder: Decoder, out: TextIO, interval: float, as_json: bool) -> None:
-        self._decode = decoder.decode
+    def __init__(self, out: TextIO, interval: float, as_json: bool,
+                 notices: LostNotices) -> None:
         self.out = out
         self.interval = interval
         self.as_json = as_json
+        self._notices = notices
         self._interval_start = time.monotonic()
         self._stats: dict[ListenerId, ListenerStats] = {}
         self._remotes: Counter[str] = Counter()
         self.histograms: dict[ListenerId, Log2Histogram] = {}
 
-    def start(self) -> None:
-        self._interval_start = time.monotonic()
+    def handle(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        kind = type(items[0])
+        if kind is Accept:
+            self._count_accepts(items)  # type: ignore[arg-type]
+        elif kind is Drop:
+            self._count_drops(items)  # type: ignore[arg-type]
+        elif kind is Lost:
+            for lost in items:
+                self._notices.report(lost)  # type: ignore[arg-type]
 
-    def handle(self, records: list[bytes]) -> None:
-        self.handle_events([self._decode(record) for record in records])
-
-    def handle_events(self, events: list[Event]) -> None:
-        for e in events:
+    def _count_accepts(self, accepts: Sequence[Accept]) -> None:
+        for e in accepts:
             listener = ListenerId(e.laddr, e.lport, e.pid, e.comm)
             stats = self._stats.get(listener)
             if stats is None:
@@ -117,8 +124,8 @@ class SummarySink:
                 self.histograms.setdefault(listener, Log2Histogram()).add(latency_us)
             self._remotes[e.raddr] += 1
 
-    def handle_drops(self, reports: list[DropReport]) -> None:
-        for r in reports:
+    def _count_drops(self, drops: Sequence[Drop]) -> None:
+        for r in drops:
             listener = ListenerId(r.laddr, r.lport, r.pid or 0, r.comm or "?")
             stats = self._stats.setdefault(listener, ListenerStats())
             stats.drops += r.dropped
@@ -182,7 +189,7 @@ class SummarySink:
             for address, count in top:
                 w(f"{address:<46} {count:>8}\n")
 
-    def finish(self) -> None:
+    def close(self) -> None:
         self.flush_interval()
         for listener, histogram in sorted(self.histograms.items(), key=lambda i: i[0].lport):
             if self.as_json:
@@ -197,3 +204,4 @@ class SummarySink:
                                f"(pid {listener.pid} {listener.comm}):\n")
                 self.out.write(histogram.render() + "\n")
         self.out.flush()
+        self._notices.close()

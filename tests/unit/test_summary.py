@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 
-from tcpaccept.event import Decoder, encode
+from tcpaccept.model import Accept, Lost
+from tcpaccept.sink import LostNotices
 from tcpaccept.summary import Log2Histogram, SummarySink, percentile
+
+
+def _accept(raddr: str, lport: int) -> Accept:
+    return Accept(time_ns=0, pid=7, tid=7, uid=0, comm="srv", family=4, raddr=raddr,
+                  rport=1000, laddr="127.0.0.1", lport=lport, backlog=1, backlog_max=8,
+                  fd=5, listen_fd=3, netns=1, cgroup_id=1, queue_latency_ns=2_000_000,
+                  probe="tracepoint")
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -26,15 +33,13 @@ def test_log2_histogram_buckets_like_bcc() -> None:
 
 
 def test_summary_json_counts_listeners_and_remotes() -> None:
-    out = io.StringIO()
-    sink = SummarySink(Decoder(), out, interval=60, as_json=True)
-    local = socket.inet_aton("127.0.0.1") + bytes(12)
+    out, err = io.StringIO(), io.StringIO()
+    sink = SummarySink(out, interval=60, as_json=True, notices=LostNotices(err))
     for remote, port in (("10.0.0.1", 80), ("10.0.0.1", 80), ("10.0.0.2", 443)):
-        sink.handle([encode(dict(pid=7, comm="srv", family=socket.AF_INET, lport=port,
-                                 rport=1000, laddr=local,
-                                 raddr=socket.inet_aton(remote) + bytes(12),
-                                 queue_latency_ns=2_000_000, backlog=1, backlog_max=8))])
-    sink.finish()
+        sink.handle([_accept(remote, port)])
+    sink.handle([Lost(3)])
+    sink.close()
+    assert err.getvalue() == "Lost 3 events\nLost 3 events in total\n"
     objects = [json.loads(line) for line in out.getvalue().splitlines()]
     summary = objects[0]
     assert [(r["lport"], r["accepts"]) for r in summary["listeners"]] == [(80, 2), (443, 1)]

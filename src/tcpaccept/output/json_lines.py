@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable, Optional
 
-from ..drops import DropReport
-from ..event import Event
+from ..model import Accept, Drop
 from .clock import SecondCache, iso_prefix
 
 
@@ -32,7 +32,7 @@ class JsonFormatter:
             quoted = self._comm_json[comm] = json.dumps(comm)
         return quoted
 
-    def line(self, e: Event) -> str:
+    def line(self, e: Accept) -> str:
         qlat = "null" if e.queue_latency_ns is None else f"{e.queue_latency_ns / 1000:.3f}"
         cgroup = ""
         if self.cgroup_path is not None:
@@ -47,10 +47,10 @@ class JsonFormatter:
             f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}{cgroup}}}'
         )
 
-    def drop_line(self, report: DropReport, time_ns: int) -> str:
+    def drop_line(self, report: Drop) -> str:
         return json.dumps({
-            "event": "drop", "time": self.time(time_ns), "laddr": report.laddr,
-            "lport": report.lport, "pid": report.pid, "comm": report.comm,
+            "event": "drop", "time": self.time(report.time_ns or time.time_ns()),
+            "laddr": report.laddr, "lport": report.lport, "pid": report.pid, "comm": report.comm,
             "backlog": report.backlog, "backlog_max": report.backlog_max,
             "dropped": report.dropped,
         })

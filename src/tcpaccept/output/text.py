@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
-from ..drops import DropReport
-from ..event import Event
+from ..model import Accept, Drop
 from .clock import SecondCache, hms
 
 SEED_ROW = "{:<8} {:<6} {:<14} {:<39} {:<5} {:<39} {:<5} {}"
@@ -57,7 +57,7 @@ class TextFormatter:
             return self._clock(time_ns // _NS)
         return f"{(time_ns - self.relative_to_ns) / _NS:.3f}"
 
-    def line(self, e: Event) -> str:
+    def line(self, e: Accept) -> str:
         backlog = f"{e.backlog}/{e.backlog_max}"
         row = SEED_ROW.format(self._time(e.time_ns), e.pid, e.comm, e.raddr, e.rport, e.laddr,
                               e.lport, backlog if not self._has_extra else f"{backlog:<11}")
@@ -73,10 +73,11 @@ class TextFormatter:
             row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {self.cgroup_path(e.cgroup_id)}"
         return row
 
-    def drop_line(self, report: DropReport, time_ns: int) -> str:
+    def drop_line(self, report: Drop) -> str:
         """A listener overflow, in the accept columns: RADDR says DROP, BL is the queue."""
         return SEED_ROW.format(
-            self._time(time_ns), report.pid if report.pid is not None else "-",
-            report.comm or "?", "DROP", "-", report.laddr, report.lport,
+            self._time(report.time_ns or time.time_ns()),
+            report.pid if report.pid is not None else "-", report.comm or "?", "DROP", "-",
+            report.laddr, report.lport,
             f"{report.backlog}/{report.backlog_max} dropped={report.dropped}",
         )

@@ -1,0 +1,64 @@
+"""The sink interface: where decoded items go. Data flows one way, loop -> sinks.
+
+A sink has three methods and no others: ``handle(items)`` for a batch of model objects
+(``Accept``, ``Drop``, ``Lost``), ``tick(now)`` on every loop turn (interval output), and
+``close()`` once at the end (final tables, flushes). A tee is just a sink that forwards.
+
+Each batch holds items of one type (the loop hands over accepts, drops and lost notices
+separately), so a sink dispatches once per batch, not once per item: the hot path stays a
+list comprehension.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, TextIO
+
+from .model import Item, Lost
+
+
+class Sink(Protocol):
+    def handle(self, items: Sequence[Item]) -> None: ...
+    def tick(self, now: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class Tee:
+    """Forwards every call to each sink in order."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def handle(self, items: Sequence[Item]) -> None:
+        for sink in self.sinks:
+            sink.handle(items)
+
+    def tick(self, now: float) -> None:
+        for sink in self.sinks:
+            sink.tick(now)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class LostNotices:
+    """Says on stderr what never reached the output, as it happens and in total at the end:
+    `Lost N events` for the kernel ring buffer, `Lost N events (output stalled)` for a reader
+    that stopped reading. Output sinks own one and pass their Lost items to it."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.total = 0
+
+    def report(self, lost: Lost) -> None:
+        if lost.count <= 0:
+            return
+        self.total += lost.count
+        why = "" if lost.reason == "ring buffer" else f" ({lost.reason})"
+        self.err.write(f"Lost {lost.count} events{why}\n")
+        self.err.flush()
+
+    def close(self) -> None:
+        if self.total:
+            self.err.write(f"Lost {self.total} events in total\n")
+            self.err.flush()
