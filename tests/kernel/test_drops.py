@@ -11,15 +11,14 @@ it is measured over is the one between the two polls.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tcpaccept.drops import DropReport, ListenerDropMonitor, read_listen_overflows
+from tcpaccept.drops import DropReport, ListenerDropMonitor
+from tests.support.overflow import flood, read_listen_overflows
 
 pytestmark = pytest.mark.kernel
 
@@ -50,44 +49,22 @@ def server(request) -> Iterator[socket.socket]:
     sock.close()
 
 
-def flood(server: socket.socket, count: int = FLOOD) -> None:
-    """``count`` non-blocking connects to ``server``, then close them all."""
-    family = server.family
-    addr = server.getsockname()[:2]
-    clients = []
-    try:
-        for _ in range(count):
-            client = socket.socket(family, socket.SOCK_STREAM)
-            clients.append(client)
-            client.setblocking(False)
-            assert client.connect_ex(addr) in (0, errno.EINPROGRESS)
-        # Loopback handles each SYN inside connect(); this covers a deferred softirq.
-        wait_quiet()
-    finally:
-        for client in clients:
-            client.close()
-    wait_quiet()
-
-
-def wait_quiet(timeout: float = 2.0) -> None:
-    """Until ListenOverflows stops moving for 50 ms."""
-    deadline = time.monotonic() + timeout
-    last = read_listen_overflows()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = read_listen_overflows()
-        if now == last:
-            return
-        last = now
-
-
 def overflow_delta(before: tuple[int, int]) -> int:
     return read_listen_overflows()[0] - before[0]
 
 
+def own_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def here(reports: list[DropReport]) -> list[DropReport]:
+    """Reports for this namespace's listeners (the monitor samples every namespace)."""
+    return [r for r in reports if r.netns == own_netns()]
+
+
 def reports_for(reports: list[DropReport], sock: socket.socket) -> list[DropReport]:
     port = sock.getsockname()[1]
-    return [r for r in reports if r.lport == port]
+    return [r for r in here(reports) if r.lport == port]
 
 
 def test_flood_reported_once_with_owner(server: socket.socket) -> None:
@@ -108,7 +85,8 @@ def test_flood_reported_once_with_owner(server: socket.socket) -> None:
     assert report.inode == os.fstat(server.fileno()).st_ino
     assert (report.family, report.laddr) == (server.family, server.getsockname()[0])
     assert (report.backlog, report.backlog_max) == (BACKLOG + 1, BACKLOG)
-    assert report.key.lport == server.getsockname()[1]
+    assert report.lport == server.getsockname()[1]
+    assert report.netns == own_netns()
 
 
 def test_sk_drops_match_listen_drops_for_syn_overflows(server: socket.socket) -> None:
@@ -117,7 +95,7 @@ def test_sk_drops_match_listen_drops_for_syn_overflows(server: socket.socket) ->
         before = read_listen_overflows()
         flood(server)
         after = read_listen_overflows()
-        (report,) = monitor.poll()
+        (report,) = here(monitor.poll())
     assert report.dropped == after[0] - before[0] == after[1] - before[1]
 
 
@@ -176,7 +154,7 @@ def test_port_filter(server: socket.socket) -> None:
             before = read_listen_overflows()
             flood(other, 6)
             expected_other = overflow_delta(before)
-            got = {r.lport: r.dropped for r in monitor.poll()}
+            got = {r.lport: r.dropped for r in here(monitor.poll())}
         assert got == {
             server.getsockname()[1]: expected,
             other.getsockname()[1]: expected_other,
@@ -185,7 +163,7 @@ def test_port_filter(server: socket.socket) -> None:
         with ListenerDropMonitor(frozenset({other.getsockname()[1]})) as monitor:
             monitor.poll()
             flood(server)
-            assert monitor.poll() == []
+            assert here(monitor.poll()) == []
     finally:
         other.close()
 
@@ -199,7 +177,7 @@ def test_closed_listener_is_forgotten(server: socket.socket) -> None:
         before = read_listen_overflows()
         flood(server)
         expected = overflow_delta(before)
-        reports = monitor.poll()
+        reports = here(monitor.poll())
     assert [(r.lport, r.dropped) for r in reports] == [(server.getsockname()[1], expected)]
 
 
@@ -210,7 +188,7 @@ def test_listener_that_stops_and_resumes_listening_is_not_reported_twice(
     with ListenerDropMonitor() as monitor:
         monitor.poll()
         flood(server)
-        assert [r.inode for r in monitor.poll()] == [inode]
+        assert [r.inode for r in here(monitor.poll())] == [inode]
         # shutdown(SHUT_RD) takes a listener back to CLOSE; sk_drops is not reset.
         server.shutdown(socket.SHUT_RD)
         assert [r for r in monitor.poll() if r.inode == inode] == []

@@ -6,8 +6,7 @@ import json
 import socket
 import time
 
-from tcpaccept.drops import read_listen_overflows
-from tests.kernel.test_drops import flood
+from tests.support.overflow import flood, read_listen_overflows
 from tests.support.tracer import start_tracer
 
 

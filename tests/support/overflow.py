@@ -1,0 +1,76 @@
+"""Overflowing a listener on purpose, and the kernel's own count of it (TcpExt).
+
+A listen(1) socket that never accepts holds 2 connections; every later SYN is refused, which
+counts once in the listener's sk_drops and once in its namespace's TcpExt ListenOverflows.
+Callers close the clients before measuring: a refused client retransmits its SYN after 1 s,
+3 s, ... and each retry would be one more overflow; a closed SYN-SENT socket just vanishes.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Callable
+
+Counters = tuple[int, int]  # (ListenOverflows, ListenDrops)
+
+
+def parse_listen_overflows(text: str, where: str = "/proc/net/netstat") -> Counters:
+    """(ListenOverflows, ListenDrops) from the text of a /proc/net/netstat."""
+    lines = text.splitlines()
+    # The file is pairs of lines: "TcpExt: Name1 Name2 ..." then "TcpExt: 1 2 ...".
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            try:
+                return int(table["ListenOverflows"]), int(table["ListenDrops"])
+            except (KeyError, ValueError):
+                break
+    raise ValueError(f"no TcpExt ListenOverflows/ListenDrops in {where}")
+
+
+def read_listen_overflows(path: str = "/proc/net/netstat") -> Counters:
+    """(ListenOverflows, ListenDrops) of the caller's network namespace."""
+    with open(path, encoding="ascii") as f:
+        return parse_listen_overflows(f.read(), path)
+
+
+def flood(server: socket.socket, count: int = 20) -> None:
+    """``count`` non-blocking connects to ``server`` (in this namespace), then close them."""
+    flood_address(server.family, server.getsockname()[:2], count)
+
+
+def flood_address(
+    family: int,
+    address: tuple,
+    count: int = 20,
+    overflows: Callable[[], Counters] = read_listen_overflows,
+) -> None:
+    """Connects from the calling thread's namespace; ``overflows`` reads that namespace's."""
+    clients = []
+    try:
+        for _ in range(count):
+            client = socket.socket(family, socket.SOCK_STREAM)
+            clients.append(client)
+            client.setblocking(False)
+            assert client.connect_ex(address) in (0, errno.EINPROGRESS)
+        # Loopback handles each SYN inside connect(); this covers a deferred softirq.
+        wait_quiet(overflows)
+    finally:
+        for client in clients:
+            client.close()
+    wait_quiet(overflows)
+
+
+def wait_quiet(overflows: Callable[[], Counters] = read_listen_overflows,
+               timeout: float = 2.0) -> None:
+    """Until ListenOverflows stops moving for 50 ms."""
+    deadline = time.monotonic() + timeout
+    last = overflows()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = overflows()
+        if now == last:
+            return
+        last = now
