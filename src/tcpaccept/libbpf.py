@@ -70,6 +70,13 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "btf__load_vmlinux_btf": (_c.c_void_p, []),
     "btf__find_by_name_kind": (_c.c_int, [_c.c_void_p, _c.c_char_p, _c.c_uint32]),
     "btf__free": (None, [_c.c_void_p]),
+    "btf__parse_elf": (_c.c_void_p, [_c.c_char_p, _c.c_void_p]),
+    "btf__type_by_id": (_c.c_void_p, [_c.c_void_p, _c.c_uint32]),
+    "btf__name_by_offset": (_c.c_char_p, [_c.c_void_p, _c.c_uint32]),
+    "btf__resolve_type": (_c.c_int, [_c.c_void_p, _c.c_uint32]),
+    "btf__resolve_size": (_c.c_long, [_c.c_void_p, _c.c_uint32]),
+    "bpf_object__btf": (_c.c_void_p, [_c.c_void_p]),
+    "bpf_map__max_entries": (_c.c_uint32, [_c.c_void_p]),
     "ring_buffer__new": (_c.c_void_p, [_c.c_int, RING_SAMPLE_FN, _c.c_void_p, _c.c_void_p]),
     "ring_buffer__poll": (_c.c_int, [_c.c_void_p, _c.c_int]),
     "ring_buffer__consume": (_c.c_int, [_c.c_void_p]),
@@ -177,6 +184,10 @@ class Map:
     @property
     def fd(self) -> int:
         return lib().bpf_map__fd(self._ptr)
+
+    @property
+    def max_entries(self) -> int:
+        return lib().bpf_map__max_entries(self._ptr)
 
     def set_max_entries(self, entries: int) -> None:
         _check_rc(lib().bpf_map__set_max_entries(self._ptr, entries), f"resize map {self.name}")

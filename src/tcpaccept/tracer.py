@@ -7,55 +7,42 @@ import errno
 import os
 import struct
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from . import libbpf, probes
+from .btf import Btf, DataSection
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
+from .event import Decoder, RecordLayout, default_object_path
 
 _libc = ctypes.CDLL(None)
-BPF_OBJECT = Path(__file__).with_name("bpf") / "tcpaccept.bpf.o"
-
-# enum filter_flag in bpf/tcpaccept.h
-FILTER_PID = 1 << 0
-FILTER_LPORT = 1 << 1
-FILTER_UID = 1 << 2
-FILTER_COMM = 1 << 3
-FILTER_NETNS = 1 << 4
-FILTER_CGROUP = 1 << 5
-FILTER_CGROUPMAP = 1 << 6
-FILTER_MNTNSMAP = 1 << 7
-FILTER_REMOTE = 1 << 8
-FILTER_FAMILY = 1 << 9
-SAVED_REGS = 1 << 10
-QUEUE_LATENCY = 1 << 11
-
-# struct tcpaccept_config: flags, uid, netns, family, comm[16], wakeup_batch
-CONFIG_RECORD = struct.Struct("<IIII16sI")
-# A ring slot: the 8-byte record header plus the event.
-RING_SLOT_BYTES = 8 + 112
 MAX_WAKEUP_BATCH = 1024
 
 
-def config_record(config: Config, saved_regs: bool) -> bytes:
-    flags = SAVED_REGS if saved_regs else 0
-    flags |= FILTER_PID if config.pids else 0
-    flags |= FILTER_LPORT if config.lports else 0
-    flags |= FILTER_UID if config.uid is not None else 0
-    flags |= FILTER_COMM if config.comm is not None else 0
-    flags |= FILTER_NETNS if config.netns is not None else 0
-    flags |= FILTER_CGROUP if config.cgroup else 0
-    flags |= FILTER_CGROUPMAP if config.cgroupmap else 0
-    flags |= FILTER_MNTNSMAP if config.mntnsmap else 0
-    flags |= FILTER_REMOTE if config.remotes else 0
-    flags |= FILTER_FAMILY if config.family else 0
-    flags |= QUEUE_LATENCY if config.queue_latency else 0
-    comm = (config.comm or "").encode()[:15]
+def configure(rodata: DataSection, config: Config, layout: RecordLayout,
+              saved_regs: bool) -> None:
+    """Write the load-time settings, each by its name in the program's .rodata."""
+    rodata.set("filter_pid", bool(config.pids))
+    rodata.set("filter_lport", bool(config.lports))
+    rodata.set("filter_uid", config.uid is not None)
+    rodata.set("target_uid", config.uid or 0)
+    rodata.set("filter_comm", config.comm is not None)
+    comm = (config.comm or "").encode()[:layout.comm_len - 1]
+    rodata.set("target_comm", comm.ljust(layout.comm_len, b"\0"))
+    rodata.set("filter_netns", config.netns is not None)
+    rodata.set("target_netns", config.netns or 0)
+    rodata.set("filter_cgroup", bool(config.cgroup))
+    rodata.set("filter_cgroupmap", bool(config.cgroupmap))
+    rodata.set("filter_mntnsmap", bool(config.mntnsmap))
+    rodata.set("filter_remote", bool(config.remotes))
+    rodata.set("filter_family", bool(config.family))
+    rodata.set("target_family", config.family or 0)
+    rodata.set("saved_regs", saved_regs)
+    rodata.set("queue_latency", config.queue_latency)
     # Wake user space when an eighth of the ring has filled on one CPU (it polls every
     # 50 ms anyway), so even a small ring has room to spare when the reader wakes.
-    wakeup_batch = max(1, min(MAX_WAKEUP_BATCH, config.ring_buffer_bytes // RING_SLOT_BYTES // 8))
-    return CONFIG_RECORD.pack(flags, config.uid or 0, config.netns or 0, config.family or 0,
-                              comm, wakeup_batch)
+    slots = config.ring_buffer_bytes // layout.ring_slot_bytes
+    rodata.set("wakeup_batch", max(1, min(MAX_WAKEUP_BATCH, slots // 8)))
 
 
 def remote_key(network: IPNetwork) -> bytes:
@@ -72,9 +59,13 @@ class Tracer:
     Use as a context manager: on exit every link, map and program is released.
     """
 
-    def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None,
+                 bpf_object: Union[str, Path, None] = None) -> None:
         self.config = config
         self.log = log or (lambda _msg: None)
+        # Another build of the object (tests): the parameter, else $TCPACCEPT_BPF_OBJECT.
+        self.bpf_object = Path(bpf_object) if bpf_object else default_object_path()
+        self.layout: Optional[RecordLayout] = None  # the record, from the loaded object
         self.method: Optional[str] = None
         self.rejected: dict[str, str] = {}  # method -> why it was not used
         self._object: Optional[libbpf.BpfObject] = None
@@ -124,17 +115,13 @@ class Tracer:
         raise TcpacceptError(f"no attach method works on this kernel ({summary})")
 
     def _start_with(self, plan: probes.Plan) -> None:
-        obj = self._object = libbpf.BpfObject(str(BPF_OBJECT))
+        obj = self._object = libbpf.BpfObject(str(self.bpf_object))
         for program in obj.programs():
             program.autoload = program.name in plan.programs
-        rodata = obj.map(".rodata").initial_value()
-        record = config_record(self.config, plan.saved_regs)
-        if len(rodata) != len(record):
-            raise TcpacceptError(
-                f"{BPF_OBJECT.name} does not match this tcpaccept (.rodata is {len(rodata)} "
-                f"bytes, expected {len(record)}): rebuild it"
-            )
-        ctypes.memmove(rodata, record, len(record))
+        btf = Btf.of_object(obj)
+        self.layout = RecordLayout.from_btf(btf, self.bpf_object.name)
+        configure(DataSection(obj, btf), self.config, self.layout, plan.saved_regs)
+        self._check_filter_sizes(obj)
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
         self._reuse_pinned(obj)
         obj.load()
@@ -154,6 +141,18 @@ class Tracer:
                 fd = _open_pinned_hash(flag, path)
                 self._open_fds.append(fd)
                 obj.map(map_name).reuse_fd(fd)
+
+    def _check_filter_sizes(self, obj: libbpf.BpfObject) -> None:
+        """The filter maps' capacity is the object's: too many items is the operator's
+        error (exit 2), told before anything is loaded."""
+        for map_name, flag, what, items in (
+                ("pid_filter", "-p/--pid", "PIDs", self.config.pids),
+                ("lport_filter", "-P/--port", "ports", self.config.lports),
+                ("remote_filter", "-r/--remote", "address ranges", self.config.remotes)):
+            limit = obj.map(map_name).max_entries
+            if len(items) > limit:
+                raise TcpacceptError(f"{flag}: {len(items)} {what} given, at most {limit}",
+                                     exit_code=2)
 
     def _fill_filter_maps(self, obj: libbpf.BpfObject) -> None:
         present = b"\x01"
@@ -203,6 +202,13 @@ class Tracer:
         # The kernel side wakes us only for full batches: take what came without a wakeup.
         self._ring.consume()
         return self._batch
+
+    def decoder(self, unmap_ipv4: bool = True,
+                boot_to_wall_ns: Optional[int] = None) -> Decoder:
+        """A decoder for this tracer's records, in the loaded object's layout."""
+        if self.layout is None:
+            raise TcpacceptError("tracer is not started")
+        return Decoder(self.layout, unmap_ipv4=unmap_ipv4, boot_to_wall_ns=boot_to_wall_ns)
 
     def lost_events(self) -> int:
         """Events the kernel could not queue (ring buffer full), summed over CPUs."""

@@ -18,7 +18,31 @@
 char LICENSE[] SEC("license") = "GPL";
 
 
-const volatile struct tcpaccept_config config = {};
+/* Load-time settings: user space sets each by name in .rodata (through the object's BTF)
+ * before load, so the verifier prunes the branches of filters that are off. */
+const volatile bool filter_pid = false;      /* pid_filter map */
+const volatile bool filter_lport = false;    /* lport_filter map */
+const volatile bool filter_uid = false;
+const volatile __u32 target_uid = 0;
+const volatile bool filter_comm = false;
+const volatile char target_comm[TASK_COMM_LEN] = {};
+const volatile bool filter_netns = false;
+const volatile __u32 target_netns = 0;       /* network namespace inode */
+const volatile bool filter_cgroup = false;   /* cgroup_filter: a cgroup v2 dir and below */
+const volatile bool filter_cgroupmap = false; /* bcc --cgroupmap: pinned hash of cgroup ids */
+const volatile bool filter_mntnsmap = false; /* bcc --mntnsmap: pinned hash of mntns inodes */
+const volatile bool filter_remote = false;   /* remote_filter LPM trie */
+const volatile bool filter_family = false;
+const volatile __u32 target_family = 0;      /* 4 or 6; IPv4-mapped IPv6 counts as 4 */
+/* Modes, not filters. */
+const volatile bool saved_regs = false;      /* listening fd from the saved user registers */
+const volatile bool queue_latency = false;   /* stamp_established runs: look stamps up */
+const volatile __u32 wakeup_batch = 1;       /* wake the reader after this many per CPU */
+
+/* Never read: they put the record's types into the object's BTF, where user space reads
+ * the record layout (types used only inside inlined code are not emitted). */
+const struct accept_event *const accept_event_btf = 0;
+const enum accept_probe accept_probe_btf = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -111,38 +135,33 @@ struct {
 	__type(value, __u32);
 } mntnsmap SEC(".maps");
 
-static __always_inline bool filter_on(__u32 flag)
-{
-	return config.flags & flag;
-}
-
 /* Filters that only need the current task: checked before any socket is read. */
 static __always_inline bool task_wanted(__u32 tgid)
 {
-	if (filter_on(FILTER_PID) && !bpf_map_lookup_elem(&pid_filter, &tgid))
+	if (filter_pid && !bpf_map_lookup_elem(&pid_filter, &tgid))
 		return false;
-	if (filter_on(FILTER_UID) && (__u32)bpf_get_current_uid_gid() != config.uid)
+	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
 		return false;
-	if (filter_on(FILTER_COMM)) {
+	if (filter_comm) {
 		char comm[TASK_COMM_LEN];
 
 		bpf_get_current_comm(comm, sizeof(comm));
 		for (int i = 0; i < TASK_COMM_LEN; i++) {
-			if (comm[i] != config.comm[i])
+			if (comm[i] != target_comm[i])
 				return false;
 			if (!comm[i])
 				break;
 		}
 	}
-	if (filter_on(FILTER_CGROUP) && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
+	if (filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
 		return false;
-	if (filter_on(FILTER_CGROUPMAP)) {
+	if (filter_cgroupmap) {
 		__u64 cgroup_id = bpf_get_current_cgroup_id();
 
 		if (!bpf_map_lookup_elem(&cgroupmap, &cgroup_id))
 			return false;
 	}
-	if (filter_on(FILTER_MNTNSMAP)) {
+	if (filter_mntnsmap) {
 		struct task_struct *task = (void *)bpf_get_current_task();
 		__u64 mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
 
@@ -187,16 +206,15 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 
 	__u16 lport = BPF_CORE_READ(child, __sk_common.skc_num);
 
-	if (filter_on(FILTER_LPORT) && !bpf_map_lookup_elem(&lport_filter, &lport))
+	if (filter_lport && !bpf_map_lookup_elem(&lport_filter, &lport))
 		return 0;
 
 	__u32 netns = BPF_CORE_READ(child, __sk_common.skc_net.net, ns.inum);
 
-	if (filter_on(FILTER_NETNS) && netns != config.netns)
+	if (filter_netns && netns != target_netns)
 		return 0;
 
-	/* Filled field by field: an initializer would put an anonymous copy in .rodata,
-	 * where user space expects only the config. */
+	/* Filled field by field: an initializer would cost an anonymous copy in .rodata. */
 	struct remote_key remote;
 	__u8 laddr[16];
 
@@ -217,13 +235,13 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 		BPF_CORE_READ_INTO(&remote.addr, child, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&laddr, child, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 	}
-	if (filter_on(FILTER_FAMILY)) {
+	if (filter_family) {
 		__u32 effective = family == AF_INET || is_v4_mapped(remote.addr) ? 4 : 6;
 
-		if (effective != config.family)
+		if (effective != target_family)
 			return 0;
 	}
-	if (filter_on(FILTER_REMOTE) && !bpf_map_lookup_elem(&remote_filter, &remote))
+	if (filter_remote && !bpf_map_lookup_elem(&remote_filter, &remote))
 		return 0;
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -260,7 +278,7 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 		e->backlog_max = 0;
 	}
 	e->queue_latency_ns = 0;
-	if (filter_on(QUEUE_LATENCY)) {
+	if (queue_latency) {
 		__u64 child_key = (__u64)child;
 		__u64 *established = bpf_map_lookup_elem(&established_at, &child_key);
 
@@ -280,7 +298,7 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	__u32 *unannounced = bpf_map_lookup_elem(&events_since_wakeup, &zero);
 	__u64 wakeup = BPF_RB_NO_WAKEUP;
 
-	if (unannounced && ++*unannounced >= config.wakeup_batch) {
+	if (unannounced && ++*unannounced >= wakeup_batch) {
 		*unannounced = 0;
 		wakeup = BPF_RB_FORCE_WAKEUP;
 	}
@@ -397,7 +415,7 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	__s32 listen_fd = -1;
 	__s32 fd = (__s32)ctx->ret;
 
-	if (!filter_on(SAVED_REGS)) {
+	if (!saved_regs) {
 		/* Kernels < 5.15: the enter tracepoint's record, exact when it exists. */
 		__s32 *saved = bpf_map_lookup_elem(&accepting_fd, &tid);
 

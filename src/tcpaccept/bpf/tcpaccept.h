@@ -1,5 +1,7 @@
-/* The event record, shared by the BPF program and user space (mirrored in event.py).
- * Fixed-size, naturally aligned, no implicit padding: Python decodes it with one struct.Struct. */
+/* The event record, shared by the BPF program and user space. User space reads this
+ * struct's members (names, offsets, sizes), the enum below and TASK_COMM_LEN from the
+ * object's BTF at load time and decodes by field name: nothing here is copied by hand in
+ * Python. Renaming or resizing a field it needs fails the load with a line naming it. */
 #ifndef TCPACCEPT_H
 #define TCPACCEPT_H
 
@@ -32,32 +34,6 @@ struct accept_event {
 	__u8 laddr[16];         /* IPv4 in the first 4 bytes */
 	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];
-};
-
-/* Filters, written by user space into .rodata before load (the verifier then prunes the
- * branches of filters that are off). The program's only .rodata variable is one of these. */
-enum filter_flag {
-	FILTER_PID = 1 << 0,       /* pid_filter map */
-	FILTER_LPORT = 1 << 1,     /* lport_filter map */
-	FILTER_UID = 1 << 2,       /* config.uid */
-	FILTER_COMM = 1 << 3,      /* config.comm */
-	FILTER_NETNS = 1 << 4,     /* config.netns */
-	FILTER_CGROUP = 1 << 5,    /* cgroup_filter: a cgroup v2 directory, descendants included */
-	FILTER_CGROUPMAP = 1 << 6, /* bcc --cgroupmap: pinned hash of cgroup ids */
-	FILTER_MNTNSMAP = 1 << 7,  /* bcc --mntnsmap: pinned hash of mount namespace inodes */
-	FILTER_REMOTE = 1 << 8,    /* remote_filter LPM trie */
-	FILTER_FAMILY = 1 << 9,    /* config.family (4 or 6; IPv4-mapped IPv6 counts as 4) */
-	SAVED_REGS = 1 << 10,      /* read the listening fd from the task's saved user registers */
-	QUEUE_LATENCY = 1 << 11,   /* stamp_established runs: look the child's stamp up */
-};
-
-struct tcpaccept_config {
-	__u32 flags;     /* enum filter_flag */
-	__u32 uid;
-	__u32 netns;
-	__u32 family;
-	char comm[TASK_COMM_LEN];
-	__u32 wakeup_batch; /* wake the reader after this many events per CPU */
 };
 
 /* Key of the remote-address LPM trie: IPv4 ranges are stored as IPv4-mapped IPv6. */
