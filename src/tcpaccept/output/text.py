@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 from ..model import Accept, Drop
 from .clock import SecondCache, hms
+from .escape import escape_text
 
 SEED_ROW = "{:<8} {:<6} {:<14} {:<39} {:<5} {:<39} {:<5} {}"
 _NS = 1_000_000_000
@@ -59,8 +60,10 @@ class TextFormatter:
 
     def line(self, e: Accept) -> str:
         backlog = f"{e.backlog}/{e.backlog_max}"
-        row = SEED_ROW.format(self._time(e.time_ns), e.pid, e.comm, e.raddr, e.rport, e.laddr,
-                              e.lport, backlog if not self._has_extra else f"{backlog:<11}")
+        # comm and the cgroup path are chosen by the traced system: escaped, never raw.
+        row = SEED_ROW.format(self._time(e.time_ns), e.pid, escape_text(e.comm), e.raddr,
+                              e.rport, e.laddr, e.lport,
+                              backlog if not self._has_extra else f"{backlog:<11}")
         if self._clock_prefix:
             row = f"{self._clock(e.time_ns // _NS):<8} {row}"
         if not self._has_extra:
@@ -70,14 +73,15 @@ class TextFormatter:
             row += f" {qlat / 1e6:>10.3f}" if qlat is not None else f" {'-':>10}"
         if self.extended:
             fd = e.fd if e.fd >= 0 else "-"
-            row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {self.cgroup_path(e.cgroup_id)}"
+            cgroup = escape_text(self.cgroup_path(e.cgroup_id))
+            row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {cgroup}"
         return row
 
     def drop_line(self, report: Drop) -> str:
         """A listener overflow, in the accept columns: RADDR says DROP, BL is the queue."""
         return SEED_ROW.format(
             self._time(report.time_ns or time.time_ns()),
-            report.pid if report.pid is not None else "-", report.comm or "?", "DROP", "-",
-            report.laddr, report.lport,
+            report.pid if report.pid is not None else "-", escape_text(report.comm or "?"),
+            "DROP", "-", report.laddr, report.lport,
             f"{report.backlog}/{report.backlog_max} dropped={report.dropped}",
         )
