@@ -8,14 +8,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.child import free_port
 from tests.support.servers import connect, start_server
 from tests.support.tracer import start_tracer, tcpaccept_command
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _samples(port: int) -> dict[tuple[str, tuple], float]:
@@ -26,7 +21,7 @@ def _samples(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_count_accepts_and_latency_per_listener() -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     with start_server(comm="metricsrv") as server:
         run = start_tracer("--metrics", f"127.0.0.1:{metrics_port}", "-P", str(server.port))
         clients = [connect("127.0.0.1", server.port) for _ in range(7)]

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.child import free_port
 from tests.support.tracer import start_tracer
 
 NGINX_CONF = """
@@ -34,14 +35,6 @@ http {{
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _workers(master: int, expected: int, timeout: float = 10) -> set[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,7 +48,7 @@ def _workers(master: int, expected: int, timeout: float = 10) -> set[int]:
 def test_nginx_workers_accepts_carry_worker_pids_and_comm() -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     assert os.path.exists(nginx), "nginx is needed: scripts/setup.sh --test installs it"
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as prefix:
         conf = Path(prefix, "nginx.conf")
         conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))

@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Iterable, Optional
+
+from tests.support.child import Child, ChildError
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 # The kernel matrix runs the same tests with each attach method forced.
@@ -35,31 +36,22 @@ def tcpaccept_command(*args: str) -> list[str]:
 class TracerRun:
     """A running tcpaccept; reader threads keep everything it prints on both streams."""
 
-    def __init__(self, proc: subprocess.Popen, json_mode: bool) -> None:
-        self.proc = proc
+    def __init__(self, child: Child, json_mode: bool) -> None:
+        self.child = child
+        self.proc = child.proc
         self.json_mode = json_mode
-        self.returncode: Optional[int] = None
-        self._out: list[str] = []
-        self._err: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._drain, args=(proc.stdout, self._out), daemon=True),
-            threading.Thread(target=self._drain, args=(proc.stderr, self._err), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
 
-    @staticmethod
-    def _drain(stream, into: list[str]) -> None:
-        for line in stream:
-            into.append(line)
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.child.returncode
 
     @property
     def stdout(self) -> str:
-        return "".join(self._out)
+        return self.child.text("stdout")
 
     @property
     def stderr(self) -> str:
-        return "".join(self._err)
+        return self.child.text("stderr")
 
     @property
     def lines(self) -> list[str]:
@@ -71,15 +63,13 @@ class TracerRun:
             time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> TracerRun:
-        """Signal the tracer, wait for it to exit and its output to be read; idempotent."""
-        if self.returncode is None:
-            # Let events already in the ring buffer reach the tracer before it drains.
-            time.sleep(0.3)
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-            self.returncode = self.proc.wait(timeout)
-            for reader in self._readers:
-                reader.join(timeout)
+        """Signal the tracer, wait for it to exit and its output to be read; idempotent.
+        A tracer that ignores the signal is killed and fails the test."""
+        # settle: let events already in the ring buffer reach the tracer before it drains.
+        self.child.stop(sig, settle=0.3, timeout=timeout)
+        if self.child.killed:
+            raise AssertionError(f"tcpaccept ignored {signal.Signals(sig).name} for "
+                                 f"{timeout} s\n{self.stdout}{self.stderr}")
         return self
 
     def events(self, pids: Optional[Iterable[int]] = None) -> list[dict]:
@@ -100,17 +90,11 @@ def _parse_json(line: str) -> dict:
 
 def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30) -> TracerRun:
     """Start tcpaccept and return once it is attached (its banner has been printed)."""
-    argv = tcpaccept_command(*(("--json",) if json_mode else ()), *args)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = TracerRun(proc, json_mode)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        printed = run.stderr if json_mode else run.stdout
-        if BANNER in printed:
-            return run
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    proc.kill()
-    run.stop()
-    raise AssertionError(f"tcpaccept did not start: rc={proc.returncode}\n{run.stdout}{run.stderr}")
+    child = Child(tcpaccept_command(*(("--json",) if json_mode else ()), *args))
+    try:
+        child.wait_for_text(BANNER, "stderr" if json_mode else "stdout", timeout)
+    except ChildError as exc:
+        child.stop(signal.SIGKILL)
+        raise AssertionError(f"tcpaccept did not start: {exc}\n{child.text('stdout')}"
+                             f"{child.text('stderr')}") from None
+    return TracerRun(child, json_mode)
