@@ -1,0 +1,132 @@
+"""Listener drops in every network namespace (issue 13 item 4), through the real kernel.
+
+Each test makes a namespace of its own with ``ip netns add``, runs a backlog-1 Python
+listener inside it (``ip netns exec``), overflows it from a thread switched into the
+namespace, and compares the monitor's report with that namespace's own TcpExt
+ListenOverflows delta (``ip netns exec NS cat /proc/net/netstat``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tcpaccept.drops import ListenerDropMonitor
+from tests.support import netns as netns_support
+from tests.support.netns import NetNamespace
+from tests.support.overflow import flood_address, read_listen_overflows
+from tests.support.servers import Server, start_server
+
+pytestmark = pytest.mark.kernel
+
+COMM = "nsdropsrv"  # set by the server itself (prctl), so the owner lookup is checked exactly
+FLOOD = 20
+
+
+@pytest.fixture
+def namespace() -> Iterator[NetNamespace]:
+    yield from netns_support.create()
+
+
+def own_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def socket_inode(server: Server) -> int:
+    link = os.readlink(f"/proc/{server.pid}/fd/{server.listen_fd}")  # "socket:[N]"
+    return int(link[len("socket:[") : -1])
+
+
+def flood_inside(ns: NetNamespace, port: int, count: int = FLOOD) -> int:
+    """Overflow 127.0.0.1:port of the namespace; returns its ListenOverflows delta."""
+    before = ns.listen_overflows()[0]
+    ns.run(lambda: flood_address(socket.AF_INET, ("127.0.0.1", port), count,
+                                 ns.listen_overflows))
+    return ns.listen_overflows()[0] - before
+
+
+def test_drops_in_another_namespace_are_reported_with_its_inode_and_owner(
+    namespace: NetNamespace,
+) -> None:
+    host_thread_netns = own_netns()
+    with start_server(backlog=1, comm=COMM, netns=namespace.name) as server:
+        with ListenerDropMonitor() as monitor:
+            assert namespace.inode in monitor.namespaces()
+            monitor.poll()  # the baseline
+            expected = flood_inside(namespace, server.port)
+            reports = [r for r in monitor.poll() if r.netns == namespace.inode]
+            assert monitor.warnings() == []
+        inode = socket_inode(server)
+    assert own_netns() == host_thread_netns  # setns stayed on the helper threads
+    assert expected >= FLOOD - 2  # 2 fit in a backlog-1 queue: the rest are refused
+    (report,) = reports
+    assert report.dropped == expected
+    assert (report.laddr, report.lport, report.family) == ("127.0.0.1", server.port, socket.AF_INET)
+    assert (report.pid, report.comm, report.inode) == (server.pid, COMM, inode)
+    assert (report.backlog, report.backlog_max) == (2, 1)
+    assert report.container is None and report.time_ns > 0
+
+
+def test_same_port_in_two_namespaces_reported_apart(namespace: NetNamespace) -> None:
+    host = socket.socket()
+    host.bind(("127.0.0.1", 0))
+    host.listen(1)
+    port = host.getsockname()[1]
+    try:
+        with start_server(backlog=1, comm=COMM, netns=namespace.name, port=port) as server, \
+                ListenerDropMonitor(frozenset({port})) as monitor:
+            monitor.poll()
+            before = read_listen_overflows()[0]
+            flood_address(socket.AF_INET, ("127.0.0.1", port), 7)
+            expected_host = read_listen_overflows()[0] - before
+            expected_ns = flood_inside(namespace, port)
+            got = {r.netns: (r.dropped, r.pid) for r in monitor.poll()}
+    finally:
+        host.close()
+    assert expected_host == 7 - 2 and expected_ns >= FLOOD - 2
+    assert got == {own_netns(): (expected_host, os.getpid()),
+                   namespace.inode: (expected_ns, server.pid)}
+
+
+def test_namespace_created_after_start_reports_all_drops_then_is_dropped() -> None:
+    with ListenerDropMonitor(namespace_rescan_s=0) as monitor:
+        monitor.poll()  # the baseline, before the namespace exists
+        with contextlib.contextmanager(netns_support.create)() as ns:
+            assert ns.inode not in monitor.namespaces()
+            with start_server(backlog=1, comm=COMM, netns=ns.name) as server:
+                # Drops taken before the monitor has seen the namespace count too: its
+                # listeners are all new since tracing started.
+                expected = flood_inside(ns, server.port)
+                reports = [r for r in monitor.poll() if r.netns == ns.inode]
+                assert ns.inode in monitor.namespaces()
+        # The server has exited and the name is gone: the namespace is let go.
+        monitor.poll()
+        assert ns.inode not in monitor.namespaces()
+        assert monitor.warnings() == []
+    (report,) = reports
+    assert (report.dropped, report.pid, report.comm) == (expected, server.pid, COMM)
+    assert expected >= FLOOD - 2
+
+
+def test_drops_from_before_start_in_a_namespace_are_baseline(namespace: NetNamespace) -> None:
+    with start_server(backlog=1, comm=COMM, netns=namespace.name) as server:
+        assert flood_inside(namespace, server.port) >= FLOOD - 2  # positive control
+        with ListenerDropMonitor() as monitor:
+            monitor.poll()  # the baseline: the flood above is history
+            assert [r for r in monitor.poll() if r.netns == namespace.inode] == []
+            expected = flood_inside(namespace, server.port, 5)  # the queue is still full
+            reports = [r for r in monitor.poll() if r.netns == namespace.inode]
+    assert [r.dropped for r in reports] == [expected] == [5]
+
+
+def test_one_namespace_only_when_asked(namespace: NetNamespace) -> None:
+    with start_server(backlog=1, comm=COMM, netns=namespace.name) as server, \
+            ListenerDropMonitor(all_namespaces=False) as monitor:
+        assert monitor.namespaces() == [own_netns()]
+        monitor.poll()
+        assert flood_inside(namespace, server.port) >= FLOOD - 2
+        assert [r for r in monitor.poll() if r.netns != own_netns()] == []

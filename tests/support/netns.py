@@ -1,0 +1,63 @@
+"""A network namespace of a test's own (``ip netns add``), deleted afterwards, also on failure."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import threading
+import uuid
+from typing import Callable, Iterator, TypeVar
+
+from tests.support.overflow import Counters, parse_listen_overflows
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetNamespace:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = f"/run/netns/{name}"
+        self.inode = os.stat(self.path).st_ino
+
+    def listen_overflows(self) -> Counters:
+        """The namespace's own TcpExt counters, read by a process inside it."""
+        text = subprocess.run(
+            ["ip", "netns", "exec", self.name, "cat", "/proc/net/netstat"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout
+        return parse_listen_overflows(text, f"/proc/net/netstat in netns {self.name}")
+
+    def run(self, work: Callable[[], T]) -> T:
+        """work() on a thread switched into the namespace; sockets it creates stay there."""
+        outcome: list = []
+
+        def inside() -> None:
+            try:
+                with open(self.path) as ns:
+                    if _libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
+                outcome.append((True, work()))
+            except BaseException as exc:  # handed to the caller
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=inside)
+        worker.start()
+        worker.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+
+def create(prefix: str = "tcpa-drops") -> Iterator[NetNamespace]:
+    """Generator for a fixture: yields a fresh namespace with loopback up, then deletes it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
+        yield NetNamespace(name)
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=10)
