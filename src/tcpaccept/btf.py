@@ -133,7 +133,11 @@ class DataSection:
         if isinstance(value, bool):
             raw = bytes([value])
         elif isinstance(value, int):
-            raw = value.to_bytes(size or 4, "little", signed=value < 0)
+            try:
+                raw = value.to_bytes(size or 4, "little", signed=value < 0)
+            except OverflowError:
+                raise TcpacceptError(f"{self.source} variable '{name}': {value} does not "
+                                     f"fit in {size or 4} bytes") from None
         else:
             raw = value
         where = self._vars.get(name)

@@ -1,0 +1,97 @@
+"""Issue 9: the record's layout comes from the BPF object's BTF, fields by name.
+
+Builds edited copies of the object with clang (no kernel needed to read their BTF)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tcpaccept import libbpf
+from tcpaccept.btf import Btf, DataSection
+from tcpaccept.errors import TcpacceptError
+from tcpaccept.event import PACKAGED_OBJECT, Decoder, RecordLayout
+from tests.support.bpf_variants import build_variant, replace, swap_members
+
+FIELDS = dict(pid=4242, tid=4243, uid=33, netns=4026531840, comm="nginx",
+              family=socket.AF_INET, lport=80, rport=51234,
+              laddr=socket.inet_aton("192.168.0.1") + bytes(12),
+              raddr=socket.inet_aton("10.1.2.3") + bytes(12),
+              backlog=3, backlog_max=511, fd=7, listen_fd=6, cgroup_id=77,
+              ts_ns=5_000_000_000, queue_latency_ns=1_234_567, probe=1)
+
+
+def decoded(layout: RecordLayout) -> tuple:
+    e = Decoder(layout, boot_to_wall_ns=0).decode(layout.encode(**FIELDS))
+    return (e.pid, e.tid, e.uid, e.netns, e.comm, e.lport, e.rport, e.laddr, e.raddr,
+            e.backlog, e.backlog_max, e.fd, e.listen_fd, e.cgroup_id, e.time_ns,
+            e.queue_latency_ns, e.probe)
+
+
+EXPECTED = (4242, 4243, 33, 4026531840, "nginx", 80, 51234, "192.168.0.1", "10.1.2.3",
+            3, 511, 7, 6, 77, 5_000_000_000, 1_234_567, "tracepoint")
+
+
+def test_packaged_object_decodes_every_field() -> None:
+    assert decoded(RecordLayout.from_object(PACKAGED_OBJECT)) == EXPECTED
+
+
+def test_swapped_fields_move_in_the_record_and_still_decode_by_name(tmp_path: Path) -> None:
+    obj = build_variant(tmp_path, {"tcpaccept.h": lambda text: swap_members("rport", "lport")(
+        swap_members("laddr", "raddr")(swap_members("uid", "netns")(text)))})
+    original, swapped = RecordLayout.from_object(PACKAGED_OBJECT), RecordLayout.from_object(obj)
+    # Positive control: the variant really has another layout, of the same size...
+    for a, b in (("lport", "rport"), ("laddr", "raddr"), ("uid", "netns")):
+        assert swapped.field(a).offset == original.field(b).offset
+    assert swapped.size == original.size
+    # ... so the packaged layout reads its records wrong, the variant's own reads them right.
+    raw = swapped.encode(**FIELDS)
+    wrong = Decoder(original, boot_to_wall_ns=0).decode(raw)
+    assert (wrong.lport, wrong.raddr, wrong.uid) == (51234, "192.168.0.1", 4026531840)
+    assert decoded(swapped) == EXPECTED
+
+
+@pytest.mark.parametrize("edits,named", [
+    ({"tcpaccept.h": replace("__u16 lport;", "__u16 local_port;"),
+      "tcpaccept.bpf.c": replace("e->lport", "e->local_port")}, "'lport'"),
+    ({"tcpaccept.h": replace("__u16 lport;", "__u32 lport;")}, "'lport'"),
+    ({"tcpaccept.h": replace("__s32 fd;", "__u32 fd;")}, "'fd'"),
+    ({"tcpaccept.h": replace("__u8 raddr[16];", "__u8 raddr[4];"),
+      "tcpaccept.bpf.c": replace("__builtin_memset(e->raddr, 0, sizeof(e->raddr));", "")
+      }, "'raddr'"),
+], ids=["renamed", "resized", "signedness", "shorter-array"])
+def test_a_renamed_or_resized_field_fails_with_one_line_naming_it(
+        tmp_path: Path, edits: dict, named: str) -> None:
+    obj = build_variant(tmp_path, edits)
+    with pytest.raises(TcpacceptError) as failure:
+        RecordLayout.from_object(obj)
+    message = str(failure.value)
+    assert named in message and "\n" not in message
+    assert obj.name in message
+
+
+def test_probe_names_and_comm_length_come_from_the_object(tmp_path: Path) -> None:
+    obj = build_variant(tmp_path, {"tcpaccept.h": replace(
+        "\tPROBE_FEXIT = 3,\n", "\tPROBE_FEXIT = 3,\n\tPROBE_SOMETHING_NEW = 9,\n")})
+    layout = RecordLayout.from_object(obj)
+    assert layout.probe_names[9] == "something_new"
+    assert Decoder(layout).decode(layout.encode(**{**FIELDS, "probe": 9})).probe \
+        == "something_new"
+    assert RecordLayout.from_object(PACKAGED_OBJECT).comm_len == 16
+
+
+def test_rodata_variables_are_set_by_name_and_checked() -> None:
+    with libbpf.BpfObject(str(PACKAGED_OBJECT)) as obj:
+        rodata = DataSection(obj, Btf.of_object(obj))
+        rodata.set("target_uid", 0x01020304)
+        rodata.set("filter_uid", True)
+        data = bytes(obj.map(".rodata").initial_value())
+        assert (0x01020304).to_bytes(4, "little") in data
+        with pytest.raises(TcpacceptError, match="no variable 'target_gid'"):
+            rodata.set("target_gid", 5)
+        with pytest.raises(TcpacceptError, match="'target_uid' is 4 bytes.* writes 8"):
+            rodata.set("target_uid", 5, size=8)
+        with pytest.raises(TcpacceptError, match="'filter_uid' is 1 bytes.* writes 4"):
+            rodata.set("filter_uid", 1)
