@@ -10,7 +10,9 @@ there (half IPv4, half IPv6, on wildcard addresses), and measures, side by side:
 - one poll: dump the listeners of both families with INET_DIAG_SKMEMINFO and get every
   listener's sk_drops (SK_MEMINFO_DROPS) out, median and p90 over the polls;
 - what each offers the drop monitor: SKMEMINFO decoding, a port filter in the kernel,
-  a socket inside another network namespace.
+  a socket inside another network namespace;
+- the monitor's poll over every namespace with --namespaces N extra (empty, ``ip netns
+  add``ed, deleted at the end) namespaces, and one namespace rescan (/proc/*/ns/net).
 Both sides must see the same listeners and the same drop counts (checked; exit 1 if not).
 """
 
@@ -40,6 +42,7 @@ from tcpaccept.drops.abi import (  # noqa: E402
     request_body,
 )
 from tcpaccept.drops.diag_socket import DiagSocket  # noqa: E402
+from tcpaccept.drops.namespaces import discover  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -89,6 +92,20 @@ def open_listeners(count: int) -> list[socket.socket]:
         sock.listen(16)
         listeners.append(sock)
     return listeners
+
+
+def add_namespaces(count: int) -> list[str]:
+    names = []
+    for i in range(count):
+        name = f"sockdiag-bench-{os.getpid()}-{i}"
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+        names.append(name)
+    return names
+
+
+def delete_namespaces(names: list[str]) -> None:
+    for name in names:
+        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=10)
 
 
 def import_cost(statement: str) -> tuple[float, int, int] | None:
@@ -188,10 +205,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listeners", type=int, default=1000)
     parser.add_argument("--polls", type=int, default=50)
+    parser.add_argument("--namespaces", type=int, default=20,
+                        help="extra empty namespaces for the every-namespace poll")
     args = parser.parse_args()
-    if args.listeners < 1 or args.polls < 1:
-        print("sock_diag_cost: --listeners and --polls must be positive", file=sys.stderr)
+    if args.listeners < 1 or args.polls < 1 or args.namespaces < 0:
+        print("sock_diag_cost: --listeners and --polls must be positive, --namespaces >= 0",
+              file=sys.stderr)
         return 2
+    extra = add_namespaces(args.namespaces)
+    try:
+        return measure(args)
+    finally:
+        delete_namespaces(extra)
+
+
+def measure(args: argparse.Namespace) -> int:
     where = enter_private_netns()
     listeners = open_listeners(args.listeners)
     try:
@@ -213,6 +241,8 @@ def main() -> int:
     every_ns_times = time_polls(every_ns.poll, args.polls)
     namespaces = len(every_ns.namespaces())
     every_ns.close()
+    rescan_times = time_polls(discover, args.polls)
+    processes = sum(1 for name in os.listdir("/proc") if name.isdigit())
     ours_import = import_cost(OURS_IMPORT)
 
     theirs_times: list[float] = []
@@ -252,6 +282,8 @@ def main() -> int:
     print(f"  ListenerDropMonitor.poll(), this namespace: median "
           f"{ms(statistics.median(monitor_times))}; every namespace ({namespaces}): median "
           f"{ms(statistics.median(every_ns_times))}")
+    print(f"  namespace rescan ({processes} processes, every 2 s): median "
+          f"{ms(statistics.median(rescan_times))}")
     if version is None:
         print("sock_diag_cost: pyroute2 is not installed; pip install pyroute2 to compare",
               file=sys.stderr)
