@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 from typing import Callable, NoReturn, Optional, Sequence, TypeVar
 
@@ -39,6 +40,7 @@ examples:
   tcpaccept -d 30                # stop after 30 seconds
   tcpaccept --ring-buffer 16384  # a 16 MiB kernel ring buffer for bursty hosts
   tcpaccept --probe tracepoint   # force an attach method
+  tcpaccept --no-io-uring        # tracepoint method without the io_uring completion hook
   tcpaccept --check              # what works on this kernel, and what auto would pick
 """
 
@@ -63,12 +65,17 @@ def _list_of(parse: Callable[[str], T], what: str) -> Callable[[str], frozenset]
     return parse_list
 
 
+# Plain ASCII digits only: int() and float() also take "80_80", "\u0668\u0660" (Arabic-Indic
+# digits), "1e3", "inf" and surrounding spaces, none of which anyone means as a port or PID.
+_ASCII_INT = re.compile(r"[0-9]+")
+_ASCII_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
 def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if not _ASCII_INT.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (digits 0-9 only)")
+        value = int(text, 10)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{what} {text} out of range {low}..{high}")
         return value
@@ -78,10 +85,9 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
 
 def _positive_float(what: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if not _ASCII_DECIMAL.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (a decimal number)")
+        value = float(text)
         if not 0 < value < 1e9:
             raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
         return value
@@ -116,13 +122,34 @@ def _listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     try:
+        if not _ASCII_INT.fullmatch(port):
+            raise ValueError(port)
         number = int(port)
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid [ADDR:]PORT {text!r}") from None
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} out of range 1..65535")
+    # A server binds a unicast address (or the wildcard); these would only fail at bind.
+    if address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise argparse.ArgumentTypeError(
+            f"{host} is a multicast or broadcast address: give a unicast one (or 0.0.0.0)")
     return host, number
+
+
+def _readable_file(kind: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not os.path.isfile(text):
+            raise argparse.ArgumentTypeError(f"{kind} {text!r} is not a file")
+        try:
+            with open(text, "rb"):
+                pass
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {kind} {text!r}: "
+                                             f"{exc.strerror}") from None
+        return text
+
+    return parse
 
 
 def _ring_kib(text: str) -> int:
@@ -173,6 +200,11 @@ def build_parser() -> OneLineParser:
                           "sampled every second")
     out.add_argument("--metrics", type=_listen_address, metavar="[ADDR:]PORT",
                      help="serve Prometheus metrics on ADDR:PORT (ADDR defaults to 127.0.0.1)")
+    out.add_argument("--metrics-tls-cert", type=_readable_file("TLS certificate"),
+                     metavar="FILE", help="serve --metrics over HTTPS with this certificate "
+                                          "(PEM; needs --metrics-tls-key)")
+    out.add_argument("--metrics-tls-key", type=_readable_file("TLS key"), metavar="FILE",
+                     help="the certificate's private key (PEM)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="print no accept lines (with --metrics: the always-on agent mode)")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
@@ -208,6 +240,9 @@ def build_parser() -> OneLineParser:
                      help="stop after N accepts")
     run.add_argument("--probe", choices=PROBE_CHOICES, default="auto",
                      help="attach method (default: the best that works here)")
+    run.add_argument("--no-io-uring", dest="io_uring", action="store_false",
+                     help="tracepoint method: do not hook io_uring completions (io_uring "
+                          "accepts are then not seen; fexit/kprobe see them regardless)")
     run.add_argument("--ring-buffer", type=_ring_kib, default=4096, metavar="KIB",
                      help="kernel ring buffer size in KiB, a power of two >= 4 (default "
                           "4096: ~37k events of headroom)")
@@ -237,6 +272,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         ring_buffer_bytes=args.ring_buffer * 1024,
         # Only the default text layout has no use for the queue latency: skip its hook.
         queue_latency=bool(args.latency or args.json or args.summary or args.metrics),
+        io_uring=args.io_uring,
     )
     output = OutputConfig(
         json=args.json,
@@ -251,13 +287,25 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         summary_interval=args.summary,
         drops=args.drops,
         metrics=args.metrics,
+        metrics_tls_cert=args.metrics_tls_cert,
+        metrics_tls_key=args.metrics_tls_key,
         quiet=args.quiet,
     )
     return config, output
 
 
+def check_combinations(parser: OneLineParser, args: argparse.Namespace) -> None:
+    """Flags that are fine alone but not together (or not alone): parser.error, exit 2."""
+    if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
+        parser.error("--metrics-tls-cert and --metrics-tls-key go together: give both")
+    if args.metrics_tls_cert and not args.metrics:
+        parser.error("--metrics-tls-cert/--metrics-tls-key need --metrics [ADDR:]PORT")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_combinations(parser, args)
     from .session import check_report, trace  # deferred: --help needs no libbpf
 
     try:

@@ -29,6 +29,8 @@ class Config:
     # so that accepts carry their accept-queue wait.
     queue_latency: bool = True
     ring_buffer_bytes: int = 4 << 20
+    # Tracepoint method: also hook io_uring completions (IORING_OP_ACCEPT), where supported.
+    io_uring: bool = True
 
 
 @dataclass(frozen=True)

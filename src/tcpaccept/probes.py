@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from . import libbpf
+from . import iouring, libbpf
 from .errors import TcpacceptError
 from .preflight import BTF_PATH, ensure_tracefs
 
@@ -66,7 +66,7 @@ def unusable_reason(method: str) -> Optional[str]:
     raise ValueError(f"unknown attach method {method!r}")
 
 
-def plan_for(method: str, queue_latency: bool = True) -> Plan:
+def plan_for(method: str, queue_latency: bool = True, io_uring: bool = True) -> Plan:
     common = LATENCY_PROGRAMS if queue_latency else ()
     if method == "fexit":
         new_signature = libbpf.kernel_has_struct("proto_accept_arg")
@@ -74,7 +74,8 @@ def plan_for(method: str, queue_latency: bool = True) -> Plan:
     if method != "tracepoint":
         return Plan(method, PROGRAMS[method] + common)
     saved_regs = libbpf.probe_helper(libbpf.BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_TASK_PT_REGS)
-    programs = PROGRAMS[method] + common
+    # io_uring accepts bypass the syscalls; fexit/kprobe see them already (no double rows).
+    programs = PROGRAMS[method] + common + iouring.support(io_uring).programs
     if not saved_regs:
         programs += TRACEPOINT_ENTER_PROGRAMS
     return Plan(method, programs, saved_regs)

@@ -90,7 +90,8 @@ class Tracer:
             reason = probes.unusable_reason(method)
             if reason is None:
                 try:
-                    self._start_with(probes.plan_for(method, self.config.queue_latency))
+                    self._start_with(probes.plan_for(method, self.config.queue_latency,
+                                                   self.config.io_uring))
                     self.method = method
                     self.log(f"attach method: {method}")
                     return

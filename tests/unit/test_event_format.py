@@ -30,7 +30,7 @@ def test_record_layout_comes_from_the_object() -> None:
     assert LAYOUT.size == LAYOUT.struct.size == 112
     assert LAYOUT.ring_slot_bytes == 120
     assert LAYOUT.comm_len == 16
-    assert LAYOUT.probe_names == {1: "tracepoint", 2: "kprobe", 3: "fexit"}
+    assert LAYOUT.probe_names == {1: "tracepoint", 2: "kprobe", 3: "fexit", 4: "io_uring"}
 
 
 def test_decodes_ipv4_event() -> None:

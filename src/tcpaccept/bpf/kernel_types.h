@@ -20,6 +20,7 @@ enum { false = 0, true = 1 };
 #define IPPROTO_TCP 6
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_RECV 3
+#define PF_IO_WORKER 0x00000010 /* io_uring's io-wq and SQPOLL threads */
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
@@ -96,8 +97,11 @@ struct nsproxy {
 
 struct task_struct {
 	void *stack;
+	unsigned int flags; /* PF_* */
 	int pid;
 	int tgid;
+	struct task_struct *group_leader;
+	char comm[16];
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
 };

@@ -135,6 +135,20 @@ struct {
 	__type(value, __u32);
 } mntnsmap SEC(".maps");
 
+/* The accepting task's name. io_uring's io-wq (iou-wrk-N) and SQPOLL (iou-sqp-N) threads
+ * accept on their process's behalf: name the process (its group leader), as for its pid. */
+static __always_inline void accepting_comm(char comm[TASK_COMM_LEN])
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+
+	if (BPF_CORE_READ(task, flags) & PF_IO_WORKER) {
+		struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+
+		bpf_core_read_str(comm, TASK_COMM_LEN, &leader->comm);
+	} else
+		bpf_get_current_comm(comm, TASK_COMM_LEN);
+}
+
 /* Filters that only need the current task: checked before any socket is read. */
 static __always_inline bool task_wanted(__u32 tgid)
 {
@@ -145,7 +159,7 @@ static __always_inline bool task_wanted(__u32 tgid)
 	if (filter_comm) {
 		char comm[TASK_COMM_LEN];
 
-		bpf_get_current_comm(comm, sizeof(comm));
+		accepting_comm(comm);
 		for (int i = 0; i < TASK_COMM_LEN; i++) {
 			if (comm[i] != target_comm[i])
 				return false;
@@ -204,7 +218,8 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	if (protocol != IPPROTO_TCP)
 		return 0;
 
-	__u16 lport = BPF_CORE_READ(child, __sk_common.skc_num);
+	/* The listener's port: a child reset before accept() has had its own cleared. */
+	__u16 lport = BPF_CORE_READ(listener ? listener : child, __sk_common.skc_num);
 
 	if (filter_lport && !bpf_map_lookup_elem(&lport_filter, &lport))
 		return 0;
@@ -288,7 +303,7 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 			bpf_map_delete_elem(&established_at, &child_key);
 		}
 	}
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	accepting_comm(e->comm);
 	/* Wake the reader once per batch of events on this CPU (an eighth of the ring, set by
 	 * user space), not per event: a wakeup per event cost the traced server more than
 	 * everything else together, and asking the ring how much data waits
@@ -476,3 +491,5 @@ int BPF_PROG(stamp_established, struct sock *sk, int oldstate, int newstate)
 	bpf_map_update_elem(&established_at, &key, &now, BPF_ANY);
 	return 0;
 }
+
+#include "iouring.bpf.h"

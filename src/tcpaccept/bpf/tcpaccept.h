@@ -12,6 +12,7 @@ enum accept_probe {
 	PROBE_TRACEPOINT = 1,
 	PROBE_KPROBE = 2,
 	PROBE_FEXIT = 3,
+	PROBE_IO_URING = 4, /* io_uring_complete (tracepoint method, bpf/iouring.bpf.h) */
 };
 
 struct accept_event {

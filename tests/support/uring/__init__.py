@@ -1,0 +1,133 @@
+"""liburing programs for the io_uring tests and benchmark, built by the tests themselves.
+
+The C sources sit next to this file; `binary(name)` compiles one with gcc against Debian's
+liburing-dev into build/ here (git-ignored) and reuses it while the source is unchanged.
+They are linked statically, so the VM guests (which have neither gcc nor liburing) can run
+what the host built: the project tree is shared with them at the same path.
+A missing compiler or library is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+SOURCE_DIR = Path(__file__).resolve().parent
+BUILD_DIR = SOURCE_DIR / "build"
+MODES = ("single", "multishot", "direct-alloc", "direct-slot", "async", "sqpoll", "overflow")
+
+
+class UringUnsupported(Exception):
+    """The running kernel refused an io_uring operation or flag (EINVAL)."""
+
+
+def binary(name: str) -> Path:
+    """The compiled program `name` (from name.c), built now if missing or stale."""
+    source = SOURCE_DIR / f"{name}.c"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    target = BUILD_DIR / f"{name}-{digest}"
+    if target.exists():
+        return target
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise AssertionError(f"no C compiler to build {source.name}; install gcc and "
+                             "liburing-dev (or build on the host first: the guests share it)")
+    BUILD_DIR.mkdir(exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    built = subprocess.run(
+        [compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", str(partial),
+         str(source), "-luring"],
+        capture_output=True, text=True,
+    )
+    if built.returncode != 0:
+        raise AssertionError(f"cannot build {source.name} (is liburing-dev installed?):\n"
+                             f"{built.stderr}")
+    partial.replace(target)  # atomic: parallel builders never run a half-written file
+    return target
+
+
+@dataclass
+class UringServer:
+    """A running accept_server: listening, accepting through io_uring in one mode."""
+
+    proc: subprocess.Popen
+    mode: str
+    family: int  # 4 or 6
+    host: str
+    comm: str
+    n: int
+    port: int
+    pid: int
+    listen_fd: int
+    result: dict = field(default_factory=dict)
+
+    def _read(self) -> dict:
+        assert self.proc.stdout
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"accept_server {self.mode} exited (rc={self.proc.wait()})")
+        message = json.loads(line)
+        if "unsupported" in message:
+            raise UringUnsupported(message["unsupported"])
+        if "error" in message:
+            raise AssertionError(f"accept_server {self.mode}: {message['error']}")
+        return message
+
+    def wait_armed(self) -> None:
+        """Overflow mode: every accept is in flight."""
+        assert self._read() == {"armed": True}
+
+    def reap(self) -> None:
+        """Overflow mode: start reaping completions (until then they pile up)."""
+        self._send("reap")
+
+    def wait_accepted(self) -> dict:
+        """{"accepted": N, "fds": [...], "overflowed": bool} once N accepts completed."""
+        self.result = self._read()
+        assert self.result.get("accepted") == self.n, self.result
+        return self.result
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        """Tear the ring down (cancelling any armed multishot accept) and exit."""
+        if self.proc.poll() is None:
+            try:
+                self._send("quit")
+                self.proc.wait(5)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> UringServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_uring_server(mode: str, family: int, host: str, n: int,
+                       comm: Optional[str] = None) -> UringServer:
+    """Listen on host (port chosen by the kernel); accepts n connections through io_uring."""
+    if mode not in MODES:
+        raise ValueError(f"unknown io_uring server mode {mode!r}")
+    comm = comm or f"uring-{mode}"[:15]
+    proc = subprocess.Popen([str(binary("accept_server")), mode, str(family), host, comm,
+                             str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = UringServer(proc, mode, family, host, comm, n, 0, 0, -1)
+    try:
+        hello = server._read()
+    except BaseException:
+        server.close()
+        raise
+    server.port, server.pid, server.listen_fd = hello["port"], hello["pid"], hello["listen_fd"]
+    return server
