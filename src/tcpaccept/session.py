@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable, Iterator, Optional, Sequence, TextIO
 
-from . import libbpf, preflight, probes
+from . import iouring, libbpf, preflight, probes
 from .cgroups import CgroupPaths
 from .config import Config, OutputConfig
 from .drops import DropMonitorError, ListenerDropMonitor
@@ -190,5 +190,6 @@ def check_report(out: TextIO, verbose: bool = False) -> int:
             out.write(f"{method}: not usable: {tracer.rejected.get(method, 'unknown')}\n")
         finally:
             tracer.close()
+    out.write(iouring.support().check_line() + "\n")
     out.write(f"auto would pick: {usable[0] if usable else 'none'}\n")
     return 0 if usable else 1
