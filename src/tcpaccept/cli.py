@@ -75,7 +75,8 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not _ASCII_INT.fullmatch(text):
             raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (digits 0-9 only)")
-        value = int(text, 10)
+        # int() of thousands of digits is refused (or slow): no range here needs 30.
+        value = int(text, 10) if len(text) <= 30 else high + 1
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{what} {text} out of range {low}..{high}")
         return value

@@ -49,4 +49,6 @@ class OutputConfig:
     summary_interval: Optional[float] = None
     drops: bool = False
     metrics: Optional[tuple[str, int]] = None  # (address, port) for Prometheus
+    metrics_tls_cert: Optional[str] = None  # PEM files: serve the metrics over HTTPS
+    metrics_tls_key: Optional[str] = None
     quiet: bool = False  # no accept lines (with metrics: the always-on agent)
