@@ -35,6 +35,8 @@ if ((want_test)); then
 fi
 
 make -s -C src/tcpaccept/bpf
+# tcpaccept(8) where man-db looks by default, so `man tcpaccept` works (the wheel carries it too).
+install -D -m 0644 man/tcpaccept.8 /usr/local/share/man/man8/tcpaccept.8
 
 # Debian's own interpreter, so the venv also runs inside the qemu guests (same bookworm rootfs).
 if [[ ! -x .venv/bin/python ]]; then
