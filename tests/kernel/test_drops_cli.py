@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 
-from tests.support.overflow import flood, read_listen_overflows
+import pytest
+
+from tests.support import netns as netns_support
+from tests.support.netns import NetNamespace
+from tests.support.overflow import flood, flood_address, read_listen_overflows
+from tests.support.servers import start_server
 from tests.support.tracer import start_tracer
 
 
@@ -64,3 +70,26 @@ def test_summary_shows_drops_per_listener() -> None:
     (summary,) = [o for o in map(json.loads, run.lines) if o["event"] == "summary"]
     (row,) = summary["listeners"]
     assert (row["lport"], row["drops"], row["accepts"]) == (port, delta, 0)
+
+
+@pytest.fixture
+def namespace() -> Iterator[NetNamespace]:
+    yield from netns_support.create()
+
+
+def test_drops_in_another_network_namespace_are_reported(namespace: NetNamespace) -> None:
+    """Issue 13: the tracer on the host sees a listener overflowing in another namespace."""
+    ns = namespace
+    with start_server(backlog=1, comm="nsdropsrv", netns=ns.name) as server:
+        before = ns.listen_overflows()[0]
+        run = start_tracer("--drops", "-P", str(server.port))
+        ns.run(lambda: flood_address(socket.AF_INET, ("127.0.0.1", server.port), 20,
+                                     ns.listen_overflows))
+        run.stop()
+        delta = ns.listen_overflows()[0] - before
+    drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
+    assert delta >= 18
+    assert sum(d["dropped"] for d in drops) == delta, drops
+    for d in drops:
+        assert (d["laddr"], d["lport"]) == ("127.0.0.1", server.port)
+        assert (d["pid"], d["comm"]) == (server.pid, "nsdropsrv")
