@@ -53,6 +53,39 @@ BAD = [
     (["-p"], ["-p/--pid"]),
 ]
 
+# Issue 14 item 7: numbers in plain ASCII digits only (int() and float() take all of these),
+# unicast --metrics addresses; item 5: the TLS files come in pairs, readable, with --metrics.
+READABLE = __file__
+BAD += [
+    (["-P", "80_80"], ["-P/--port", "80_80"]),
+    (["-P", "\u0668\u0660"], ["-P/--port", "\u0668\u0660"]),  # Arabic-Indic "80"
+    (["-p", "\uff11"], ["-p/--pid", "\uff11"]),  # fullwidth "1"
+    (["-p", "+5"], ["-p/--pid", "+5"]),
+    (["-u", "1_000"], ["-u/--uid", "1_000"]),
+    (["-N", "0x10"], ["-N/--netns", "0x10"]),
+    (["-n", "1e3"], ["-n/--count", "1e3"]),
+    (["-n", "9" * 40], ["-n/--count", "out of range"]),
+    (["-d", "1_0"], ["-d/--duration", "1_0"]),
+    (["-d", "\u0661"], ["-d/--duration", "\u0661"]),
+    (["-d", "inf"], ["-d/--duration", "inf"]),
+    (["-d", "nan"], ["-d/--duration", "nan"]),
+    (["-s", "1e1"], ["-s/--summary", "1e1"]),
+    (["--ring-buffer", "4_096"], ["--ring-buffer", "4_096"]),
+    (["--metrics", "127.0.0.1:9_435"], ["--metrics", "9_435"]),
+    (["--metrics", "127.0.0.1:\u0669\u0664\u0663\u0665"], ["--metrics", "\u0669\u0664"]),
+    (["--metrics", "224.0.0.1:9435"], ["--metrics", "224.0.0.1", "multicast"]),
+    (["--metrics", "[ff02::1]:9435"], ["--metrics", "ff02::1", "multicast"]),
+    (["--metrics", "255.255.255.255:9435"], ["--metrics", "255.255.255.255", "broadcast"]),
+    (["--metrics-tls-cert", "/nonexistent.pem"], ["--metrics-tls-cert", "/nonexistent.pem"]),
+    (["--metrics-tls-key", "/etc"], ["--metrics-tls-key", "/etc"]),  # not a file
+    (["--metrics", "9435", "--metrics-tls-cert", READABLE],
+     ["--metrics-tls-cert", "--metrics-tls-key", "both"]),
+    (["--metrics", "9435", "--metrics-tls-key", READABLE],
+     ["--metrics-tls-cert", "--metrics-tls-key", "both"]),
+    (["--metrics-tls-cert", READABLE, "--metrics-tls-key", READABLE],
+     ["--metrics-tls-cert", "--metrics"]),
+]
+
 
 @pytest.mark.parametrize("argv,named", BAD, ids=[" ".join(a) or "empty" for a, _ in BAD])
 def test_bad_value_is_one_line_naming_flag_and_value(argv: list[str], named: list[str]) -> None:
@@ -93,3 +126,24 @@ def test_good_values_parse() -> None:
     assert [str(n) for n in config.remotes] == ["10.0.0.0/8", "fd00::/8"]
     assert (output.duration, output.count, output.unmap_ipv4) == (0.5, 3, False)
     assert output.relative_time and output.extended
+
+
+def test_strict_numbers_still_take_what_people_type() -> None:
+    from tcpaccept.cli import build_parser, configs_from
+
+    args = build_parser().parse_args(
+        ["-P", "080, 443", "-d", ".5", "-s", "5.", "-n", "007", "--ring-buffer", "4096",
+         "--metrics", "[::1]:9435", "--metrics-tls-cert", READABLE,
+         "--metrics-tls-key", READABLE])
+    config, output = configs_from(args)
+    assert config.lports == {80, 443} and config.ring_buffer_bytes == 4096 * 1024
+    assert (output.duration, output.summary_interval, output.count) == (0.5, 5.0, 7)
+    assert output.metrics == ("::1", 9435)
+    assert output.metrics_tls_cert == READABLE and output.metrics_tls_key == READABLE
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:9435", "[::]:9435", "10.1.2.3:9435", "9435"])
+def test_unicast_and_wildcard_metrics_addresses_parse(address: str) -> None:
+    from tcpaccept.cli import build_parser
+
+    assert build_parser().parse_args(["--metrics", address]).metrics[1] == 9435
