@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 BPF_DIR = Path(__file__).resolve().parent / "src" / "tcpaccept" / "bpf"
@@ -52,10 +52,6 @@ def _bdist_wheel_for_this_arch():
             return None
 
     class BdistWheelForThisArch(bdist_wheel):
-        def finalize_options(self) -> None:
-            super().finalize_options()
-            self.root_is_pure = False
-
         def get_tag(self) -> tuple[str, str, str]:
             _, _, platform = super().get_tag()
             return "py3", "none", platform
@@ -63,7 +59,14 @@ def _bdist_wheel_for_this_arch():
     return BdistWheelForThisArch
 
 
+class DistributionWithBpfObject(Distribution):
+    """Not pure: the files go to platlib, the root of a platform wheel."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
 commands: dict = {"build_py": BuildPyWithBpfObject}
 if (bdist_wheel_command := _bdist_wheel_for_this_arch()) is not None:
     commands["bdist_wheel"] = bdist_wheel_command
-setup(cmdclass=commands)
+setup(cmdclass=commands, distclass=DistributionWithBpfObject)
