@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tcpaccept.drops import ListenerDropMonitor
+from tcpaccept.drops.abi import request_body
+from tcpaccept.drops.namespaces import open_in_namespace
 from tests.support import netns as netns_support
 from tests.support.netns import NetNamespace
 from tests.support.overflow import flood_address, read_listen_overflows
@@ -130,3 +132,15 @@ def test_one_namespace_only_when_asked(namespace: NetNamespace) -> None:
         monitor.poll()
         assert flood_inside(namespace, server.port) >= FLOOD - 2
         assert [r for r in monitor.poll() if r.netns != own_netns()] == []
+
+
+def test_socket_opened_in_a_namespace_dumps_that_namespace(namespace: NetNamespace) -> None:
+    with start_server(backlog=1, comm=COMM, netns=namespace.name) as server:
+        before = own_netns()
+        sock = open_in_namespace(namespace.inode, [namespace.path])
+        try:
+            ports = [s.lport for s in sock.dump(request_body(socket.AF_INET, None))]
+        finally:
+            sock.close()
+    assert own_netns() == before  # the caller's thread never moved
+    assert ports == [server.port]  # the namespace's only listener, none of the host's

@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from tcpaccept.drops import DropMonitorError, ListenerDropMonitor, ListenerSample
-from tcpaccept.drops.namespaces import discover
+from tcpaccept.drops.namespaces import NamespaceGone, discover, open_in_namespace
 
 HOST, CONTAINER, LATER = 4026531840, 4026532001, 4026532002
 
@@ -38,6 +38,7 @@ class FakeMachine:
         self.listeners: dict[int, list[ListenerSample]] = {}
         self.broken: set[int] = set()  # dumps fail
         self.unenterable: set[int] = set()  # setns fails
+        self.vanishing: set[int] = set()  # its processes exit between scan and open
         self.opened: list[int] = []
 
     def set(self, inode: int, *samples: ListenerSample) -> None:
@@ -59,6 +60,8 @@ def machine(monkeypatch) -> FakeMachine:
         if inode in fake.unenterable:
             raise DropMonitorError(f"cannot enter network namespace {inode}: Operation not "
                                    "permitted")
+        if inode in fake.vanishing:
+            raise NamespaceGone(f"network namespace {inode} is gone")
         fake.opened.append(inode)
         return FakeSocket(fake, inode)
 
@@ -159,6 +162,18 @@ def test_gone_namespace_is_closed_and_forgotten(machine: FakeMachine) -> None:
         assert sock is not None and sock.closed
 
 
+def test_namespace_gone_before_its_socket_opens_is_no_failure(machine: FakeMachine) -> None:
+    machine.set(HOST, listener(1, 0))
+    with ListenerDropMonitor(namespace_rescan_s=0) as monitor:
+        monitor.poll()
+        machine.namespaces.add(LATER)
+        machine.vanishing.add(LATER)
+        machine.set(HOST, listener(1, 2))
+        assert drops_by_netns(monitor) == {HOST: [(1, 2)]}
+        assert LATER not in monitor.namespaces()
+        assert monitor.warnings() == []
+
+
 def test_rescan_waits_for_its_interval(machine: FakeMachine) -> None:
     with ListenerDropMonitor(namespace_rescan_s=3600) as monitor:
         monitor.poll()
@@ -193,3 +208,16 @@ def test_discover_without_named_namespaces(tmp_path) -> None:
     (tmp_path / "5" / "ns").mkdir(parents=True)
     os.symlink("net:[9]", tmp_path / "5" / "ns" / "net")
     assert discover(str(tmp_path), str(tmp_path / "absent")) == {9: [f"{tmp_path}/5/ns/net"]}
+
+
+def test_open_in_a_vanished_namespace_says_gone(tmp_path) -> None:
+    with pytest.raises(NamespaceGone):
+        open_in_namespace(123, [str(tmp_path / "1" / "ns" / "net")])
+
+
+def test_open_through_a_reused_pid_says_gone(tmp_path) -> None:
+    # The path now leads to another namespace than the scan saw (the pid was reused).
+    own = "/proc/thread-self/ns/net"
+    with pytest.raises(NamespaceGone):
+        open_in_namespace(os.stat(own).st_ino + 1, [own])
+

@@ -85,16 +85,17 @@ class ListenerDropMonitor:
         self._owners = OwnerCache()
         self._rescan()
         # Fail here, not at the first poll, when no namespace can be sampled at all.
-        errors = [self._connect(ns) for ns in self._namespaces.values()]
-        if all(errors):
+        errors = [self._connect(ns) for ns in list(self._namespaces.values())]
+        if not any(ns.sock is not None for ns in self._namespaces.values()):
             self.close()
-            raise DropMonitorError(errors[0] or "no network namespace to sample")
+            raise DropMonitorError(next(filter(None, errors), "no network namespace to sample"))
 
     def poll(self) -> list[Drop]:
         if time.monotonic() >= self._next_rescan:
             self._rescan()
         rising: list[tuple[_Namespace, ListenerSample, int, int]] = []
         errors: list[str] = []
+        worked = 0
         for ns in list(self._namespaces.values()):
             try:
                 samples = self._sample(ns)
@@ -102,6 +103,9 @@ class ListenerDropMonitor:
                 ns.close()
                 errors.append(self._failed(ns, str(exc)))
                 continue
+            if samples is None:
+                continue  # gone before its socket could be opened
+            worked += 1
             if ns.failing:
                 ns.failing = False
                 self._warnings.append(f"network namespace {ns.inode}: sampling works again")
@@ -110,7 +114,7 @@ class ListenerDropMonitor:
                 ns.last = {s.cookie: (s.drops, s.inode) for s in samples}
                 continue
             rising.extend((ns, s, delta, now_ns) for s, delta in self._diff(ns, samples))
-        if errors and len(errors) == len(self._namespaces):
+        if errors and not worked:
             raise DropMonitorError(errors[0])
         self._started = True
         return self._reports(rising)
@@ -165,11 +169,15 @@ class ListenerDropMonitor:
                 ns.paths = paths
 
     def _connect(self, ns: _Namespace) -> str | None:
-        """Opens the namespace's socket if needed; the error message when that fails."""
+        """Opens the namespace's socket if needed; the error message when that fails. A
+        namespace whose processes all exited meanwhile is forgotten (ns.sock stays None)."""
         if ns.sock is not None and not ns.sock.closed:
             return None
+        ns.sock = None
         try:
             ns.sock = self._open(ns.inode, ns.paths)
+        except namespaces.NamespaceGone:
+            self._namespaces.pop(ns.inode, None)
         except DropMonitorError as exc:
             return self._failed(ns, str(exc))
         return None
@@ -182,11 +190,13 @@ class ListenerDropMonitor:
 
     # --- counters ---
 
-    def _sample(self, ns: _Namespace) -> list[ListenerSample]:
+    def _sample(self, ns: _Namespace) -> list[ListenerSample] | None:
+        """The namespace's listeners; None when it turned out to be gone."""
         error = self._connect(ns)
         if error is not None:
             raise DropMonitorError(error)
-        assert ns.sock is not None
+        if ns.sock is None:
+            return None
         samples: list[ListenerSample] = []
         for body in self._bodies:
             samples.extend(ns.sock.dump(body))

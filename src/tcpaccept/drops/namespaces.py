@@ -9,6 +9,7 @@ lsns and the tracer's ``netns`` field show.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from typing import Union
@@ -21,9 +22,16 @@ NAMED_NETNS_DIR = "/run/netns"
 _PATHS_KEPT = 3  # per namespace: enough to survive a few of its processes exiting
 
 
+class NamespaceGone(DropMonitorError):
+    """Its last process exited between the scan and the open: not a failure, just news."""
+
+
 def own_netns() -> int:
-    """Inode of the calling thread's network namespace."""
-    return os.stat("/proc/thread-self/ns/net").st_ino
+    """Inode of the calling thread's network namespace; 0 without /proc."""
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return 0
 
 
 def discover(proc: str = "/proc", named: str = NAMED_NETNS_DIR) -> dict[int, list[str]]:
@@ -84,23 +92,25 @@ def open_in_namespace(inode: int, paths: list[str]) -> DiagSocket:
 
 
 def _enter_and_open(inode: int, paths: list[str]) -> DiagSocket:
-    why = "no process left in it"
+    why = ""  # stays empty while every path just vanished
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            why = f"{path}: {reason(exc)}"
+            if exc.errno not in (errno.ENOENT, errno.ESRCH):
+                why = f"{path}: {reason(exc)}"
             continue
         try:
             if os.fstat(fd).st_ino != inode:
-                why = f"{path} is another namespace now"  # the pid was reused
-                continue
+                continue  # the pid was reused by a process of another namespace
             if _libc().setns(fd, CLONE_NEWNET) != 0:
                 error = os.strerror(ctypes.get_errno())
                 raise DropMonitorError(f"cannot enter network namespace {inode}: {error}")
         finally:
             os.close(fd)
         return DiagSocket.open()
+    if not why:
+        raise NamespaceGone(f"network namespace {inode} is gone")
     raise DropMonitorError(f"cannot open network namespace {inode}: {why}")
 
 
