@@ -1,4 +1,5 @@
-"""A network namespace of a test's own (``ip netns add``), deleted afterwards, also on failure."""
+"""Network namespaces for tests: one of a test's own (``ip netns add``, deleted afterwards,
+also on failure), or a container's, entered through its process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import subprocess
 import threading
 import uuid
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from tests.support.overflow import Counters, parse_listen_overflows
 
@@ -17,15 +18,23 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NetNamespace:
-    def __init__(self, name: str) -> None:
+    """A named namespace (``ip netns``), or with of_process() the one a process is in."""
+
+    def __init__(self, name: str, path: str = "", enter: Sequence[str] = ()) -> None:
         self.name = name
-        self.path = f"/run/netns/{name}"
+        self.path = path or f"/run/netns/{name}"
         self.inode = os.stat(self.path).st_ino
+        self._enter = list(enter) or ["ip", "netns", "exec", name]
+
+    @classmethod
+    def of_process(cls, pid: int) -> NetNamespace:
+        """A container's namespace, through its process (nsenter, as for podman)."""
+        return cls(f"pid {pid}", f"/proc/{pid}/ns/net", ["nsenter", "-t", str(pid), "-n"])
 
     def listen_overflows(self) -> Counters:
         """The namespace's own TcpExt counters, read by a process inside it."""
         text = subprocess.run(
-            ["ip", "netns", "exec", self.name, "cat", "/proc/net/netstat"],
+            [*self._enter, "cat", "/proc/net/netstat"],
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout
         return parse_listen_overflows(text, f"/proc/net/netstat in netns {self.name}")
