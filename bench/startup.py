@@ -1,0 +1,56 @@
+"""How fast and lean a tracer starts: exec -> banner -> one accept's line; peak RSS."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from bench.common import TracerFailed
+from bench.variants import Variant
+from tcpaccept.run import BANNER
+from tests.support.child import Child, ChildError
+
+
+@dataclass
+class StartSample:
+    kind: str
+    banner_s: float
+    first_event_s: float
+    hwm_kb: Optional[int]
+    maxrss_kb: Optional[int]
+
+
+def start_sample(variant: Variant, tool: Path) -> StartSample:
+    """Time from exec to the banner line, then to the line of one connection made right
+    after it; VmHWM before SIGINT and ru_maxrss after exit."""
+    assert variant.kind in ("text", "peer")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    me = str(os.getpid())
+
+    def is_ours(line: str) -> bool:
+        fields = line.split()
+        if variant.kind == "peer":
+            return len(fields) >= 4 and fields[1] == me
+        return len(fields) >= 8 and fields[1] == me and fields[-2] == str(port)
+
+    child = Child(variant.command(tool, 0), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  new_session=True)
+    try:
+        banner_s = child.wait_for_line(lambda line: line.strip() == BANNER, what="banner")
+        with socket.create_connection(("127.0.0.1", port)):
+            peer, _ = listener.accept()
+            peer.close()
+        first_s = child.wait_for_line(is_ours, what="the first event")
+    except ChildError as exc:
+        raise TracerFailed(f"{variant.label}: {exc}") from None
+    finally:
+        listener.close()
+        child.stop(resend_every=0.5 if variant.kind == "peer" else None)
+    return StartSample(variant.kind, banner_s, first_s, child.hwm_kb, child.maxrss_kb)
