@@ -94,11 +94,12 @@ def test_removed_podman_container_resolves_within_the_ttl(podman: Podman) -> Non
     podman.remove(container.name)
     time.sleep(0.01)
     for resolver in (kept, forgetful):
-        resolver.resolve(1 << 62)  # an id no walk knows: the tree is walked again
+        resolver.refresh()  # what housekeeping or a filter refresh does
         assert not resolver.cgroups.is_present(cgroup_id)
     assert kept.resolve(cgroup_id) == expected  # a late event still names it
-    forgetful.resolve(1 << 62)
+    forgetful.refresh()
     assert forgetful.resolve(cgroup_id) is None
+    assert ContainerResolver().resolve(cgroup_id) is None  # never seen: nothing to name
 
 
 def test_name_filter_matches_a_container_started_later(podman: Podman) -> None:
@@ -175,3 +176,19 @@ def test_crio_layout_made_by_hand_and_its_conmon_is_not_a_container(tmp_path: Pa
         # the root id (as a cgroup v1-only host reports) falls back to /proc/PID/cgroup
         assert resolver.resolve(1, scope.pid) == expected
         assert resolver.resolve(1, conmon.pid) is None
+
+
+def test_file_handles_name_new_cgroups_without_walking(podman: Podman) -> None:
+    """open_by_handle_at on the real cgroup2 tree: a container started after the resolver's
+    last walk resolves on its first event, and unknown ids (a flood of them) are looked
+    up once each, never walked for."""
+    resolver = ContainerResolver(min_walk_interval_s=3600)
+    assert resolver.handles is not None
+    resolver.refresh()
+    container = podman.run(unique_name())
+    assert resolver.resolve(container.cgroup_id) == Container(container.id, container.name,
+                                                              runtime="podman")
+    for unknown in range(1 << 62, (1 << 62) + 1000):
+        assert resolver.resolve(unknown) is None
+    assert resolver.cgroups.walks == 1
+    assert resolver.cgroup_path(container.cgroup_id) == container.cgroup_path

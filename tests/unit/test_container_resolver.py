@@ -169,3 +169,35 @@ def test_cgroup_ids_for_pod_and_namespace(node: Node) -> None:
     assert node.resolver.cgroup_ids_for(Selector.from_flags(k8s_namespace="shop")) == {
         web, pause}
     assert node.resolver.cgroup_ids_for(Selector.from_flags(container="web")) == {web}
+
+
+def test_housekeeping_walks_when_no_filter_does(node: Node) -> None:
+    from tcpaccept.containers.resolver import HOUSEKEEPING_CALLS
+
+    cgroup_id = node.podman(ID_A, "web-a")
+    node.resolver.resolve(cgroup_id)
+    os.rmdir(node.cgroup_root / f"libpod_parent/libpod-{ID_A}")
+    for _ in range(HOUSEKEEPING_CALLS):
+        node.resolver.resolve(cgroup_id)
+    assert node.resolver.cgroups.is_present(cgroup_id)  # not yet: the last walk is recent
+    node.clock.now += 60
+    for _ in range(HOUSEKEEPING_CALLS):
+        node.resolver.resolve(cgroup_id)
+    assert not node.resolver.cgroups.is_present(cgroup_id)
+    assert node.resolver.resolve(cgroup_id) is not None  # still within the TTL
+
+
+def test_paths_learned_without_a_walk_are_forgotten_after_the_ttl(tmp_path: Path) -> None:
+    from tcpaccept.containers import CgroupTree
+
+    clock = Clock()
+    tree = CgroupTree(str(tmp_path), ttl_gone_s=10, clock=clock)
+    tree.learn(424242, "/gone/before/any/walk")
+    tree.walk()
+    assert tree.path(424242) == "/gone/before/any/walk"
+    clock.now += 11
+    assert tree.walk() == {424242} and tree.path(424242) is None
+
+
+def test_a_stand_in_tree_is_not_taken_for_cgroup2_by_file_handles(node: Node) -> None:
+    assert node.resolver.handles is None  # so these tests exercise the walk

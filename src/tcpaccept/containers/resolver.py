@@ -1,15 +1,20 @@
 """cgroup id (+ pid) -> Container, cached, for every event the tracer decodes.
 
 Costs (bench/container_resolve.py): a cached lookup is a dict hit; the first lookup of a
-container reads one or two small JSON files. So: one entry per cgroup id (containers and
-host cgroups alike: the negative cache), one per container id, names re-read at most once
-per ``name_retry_s`` while a runtime has not written them yet, and entries of removed
-cgroups kept for ``ttl_gone_s`` so events that were queued before the removal still name
-their container.
+cgroup finds its path with one open_by_handle_at (handles.py; a rate-limited walk where
+that is refused) and the first lookup of a container reads one or two small JSON files.
+So: one entry per cgroup id (containers and host cgroups alike: the negative cache; ids
+of cgroups already gone are remembered too), one per container id, names re-read at most
+once per ``name_retry_s`` while a runtime has not written them yet, and entries of
+removed cgroups kept for ``ttl_gone_s`` so events that were queued before the removal
+still name their container. Every ``HOUSEKEEPING_CALLS`` lookups the resolver checks
+whether the tree was walked in the last ``housekeeping_s``, and walks it if not: that is
+how removed cgroups are noticed, and forgotten after the TTL, when no filter walks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ from typing import Callable, Optional, Union
 
 from ..model import Container
 from .cgroup_tree import ROOT_CGROUP_ID, CgroupTree, cgroup2_root_under, proc_cgroup_path
+from .handles import CgroupHandles, Unavailable
 from .paths import PathMatch, container_from_path
 from .runtimes import RuntimeState
 from .selector import Selector
@@ -27,6 +33,8 @@ class _Host:
 
 
 _HOST = _Host()
+HOUSEKEEPING_CALLS = 4096  # lookups between two looks at the clock for housekeeping
+DEAD_IDS_MAX = 65536  # ids of cgroups that were gone when first seen, remembered
 _Resolved = Union[Container, _Host]
 
 
@@ -47,10 +55,18 @@ class ContainerResolver:
     def __init__(self, host_root: str = "/", ttl_gone_s: float = 600.0, *,
                  cgroup_root: Optional[str] = None, min_walk_interval_s: float = 0.5,
                  name_retry_s: float = 1.0, pid_ttl_s: float = 5.0,
+                 housekeeping_s: float = 60.0, file_handles: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.host_root = host_root
         root = cgroup_root if cgroup_root is not None else cgroup2_root_under(host_root)
         self.cgroups = CgroupTree(root, ttl_gone_s, min_walk_interval_s, clock)
+        self.handles: Optional[CgroupHandles] = None
+        if file_handles and root is not None:
+            with contextlib.suppress(Unavailable):  # then a miss walks the tree instead
+                self.handles = CgroupHandles(root)
+        self._dead: set[int] = set()
+        self._housekeeping_s = housekeeping_s
+        self._calls = 0
         self.state = RuntimeState(host_root)
         host_proc = os.path.join(host_root, "proc")
         self._proc_root = host_proc if os.path.isdir(os.path.join(host_proc, "1")) else "/proc"
@@ -67,6 +83,10 @@ class ContainerResolver:
         """The container of the cgroup, or None (a host process, or not known). The pid
         is used where the id cannot say: the root cgroup's id (a cgroup v1-only host, or
         a process left in the v2 root of a hybrid host) or an id no walk has seen."""
+        self._calls += 1
+        if self._calls % HOUSEKEEPING_CALLS == 0 and \
+                self.cgroups.seconds_since_walk() >= self._housekeeping_s:
+            self.refresh()
         if cgroup_id != ROOT_CGROUP_ID:
             resolved = self._by_cgroup.get(cgroup_id)
             if resolved is None:
@@ -82,15 +102,31 @@ class ContainerResolver:
     def cgroup_path(self, cgroup_id: int) -> Optional[str]:
         """The cgroup's path relative to the cgroup2 root (for a CGROUP column)."""
         path = self.cgroups.path(cgroup_id)
-        if path is None and self.cgroups.walk_due():
-            self._walk()
+        if path is not None or cgroup_id in self._dead:
+            return path
+        if self.handles is not None:
+            try:
+                path = self.handles.path(cgroup_id)
+            except Unavailable:
+                self.handles.close()
+                self.handles = None
+            else:
+                if path is None:  # gone before we looked: it will never come back
+                    if len(self._dead) >= DEAD_IDS_MAX:
+                        self._dead.clear()
+                    self._dead.add(cgroup_id)
+                else:
+                    self.cgroups.learn(cgroup_id, path)
+                return path
+        if self.cgroups.walk_due():
+            self.refresh()
             path = self.cgroups.path(cgroup_id)
         return path
 
     def _resolve_new(self, cgroup_id: int) -> Optional[_Resolved]:
         path = self.cgroup_path(cgroup_id)
         if path is None:
-            return None  # not cached: a later walk may find it
+            return None  # gone, or (without file handles) not walked yet
         match = container_from_path(path)
         resolved: _Resolved = self._container(match) if match else _HOST
         self._by_cgroup[cgroup_id] = resolved
@@ -121,6 +157,10 @@ class ContainerResolver:
         self._by_cgroup[cgroup_id] = named.container
         return named.container
 
+    def for_pid(self, pid: int) -> Optional[Container]:
+        """The container of a process (a drop's listener owner), from /proc/PID/cgroup."""
+        return self._resolve_pid(pid)
+
     def _resolve_pid(self, pid: int) -> Optional[Container]:
         now = self._clock()
         cached = self._by_pid.get(pid)
@@ -134,7 +174,9 @@ class ContainerResolver:
         self._by_pid[pid] = (container, now)
         return container
 
-    def _walk(self) -> None:
+    def refresh(self) -> None:
+        """Walk the cgroup tree now: notice removed cgroups, forget those gone for longer
+        than the TTL (with their cache entries), learn new ones."""
         forgotten = self.cgroups.walk()
         if not forgotten:
             return
@@ -155,7 +197,7 @@ class ContainerResolver:
         if not selector:
             return set()
         if self.cgroups.walk_due():
-            self._walk()
+            self.refresh()
         wanted = set()
         for cgroup_id, _path in self.cgroups.present():
             if selector.matches(self.resolve(cgroup_id)):
