@@ -116,13 +116,13 @@ class UringServer:
 
 
 def start_uring_server(mode: str, family: int, host: str, n: int,
-                       comm: Optional[str] = None) -> UringServer:
-    """Listen on host (port chosen by the kernel); accepts n connections through io_uring."""
+                       comm: Optional[str] = None, port: int = 0) -> UringServer:
+    """Listen on host:port (0: chosen by the kernel); accepts n connections via io_uring."""
     if mode not in MODES:
         raise ValueError(f"unknown io_uring server mode {mode!r}")
     comm = comm or f"uring-{mode}"[:15]
-    proc = subprocess.Popen([str(binary("accept_server")), mode, str(family), host, comm,
-                             str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    argv = [str(binary("accept_server")), mode, str(family), host, comm, str(n), str(port)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     server = UringServer(proc, mode, family, host, comm, n, 0, 0, -1)
     try:
         hello = server._read()

@@ -10,7 +10,7 @@
  *   overflow      all accepts armed at once on a 4-entry CQ ring, reaped only when told:
  *                 most completions land in the CQ overflow list
  *
- * usage: accept_server MODE FAMILY(4|6) HOST COMM N
+ * usage: accept_server MODE FAMILY(4|6) HOST COMM N [PORT]   (PORT 0 or none: any)
  * stdout, one JSON object a line: {"port", "pid", "listen_fd"} once listening; in overflow
  * mode {"armed": true} once every accept is in flight (then it waits for "reap" on stdin);
  * then {"accepted", "fds", "overflowed"} after N successful accepts. It keeps the
@@ -44,7 +44,7 @@ static void fail(const char *what, int err)
 	exit(1);
 }
 
-static int listen_on(int family, const char *host, int backlog)
+static int listen_on(int family, const char *host, int port, int backlog)
 {
 	struct sockaddr_storage addr = {0};
 	socklen_t len;
@@ -58,6 +58,7 @@ static int listen_on(int family, const char *host, int backlog)
 
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(port);
 		if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
 			fail("bad IPv6 address", EINVAL);
 		len = sizeof(*a6);
@@ -65,6 +66,7 @@ static int listen_on(int family, const char *host, int backlog)
 		struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
 
 		a4->sin_family = AF_INET;
+		a4->sin_port = htons(port);
 		if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
 			fail("bad IPv4 address", EINVAL);
 		len = sizeof(*a4);
@@ -195,8 +197,8 @@ int main(int argc, char **argv)
 	int listen_fd, n, err, overflowed = 0;
 	const char *mode;
 
-	if (argc != 6) {
-		fprintf(stderr, "usage: %s MODE FAMILY HOST COMM N\n", argv[0]);
+	if (argc != 6 && argc != 7) {
+		fprintf(stderr, "usage: %s MODE FAMILY HOST COMM N [PORT]\n", argv[0]);
 		return 2;
 	}
 	mode = argv[1];
@@ -204,7 +206,7 @@ int main(int argc, char **argv)
 	if (n < 1 || n > MAX_ACCEPTS)
 		fail("N out of range", ERANGE);
 	prctl(PR_SET_NAME, argv[4], 0, 0, 0);
-	listen_fd = listen_on(atoi(argv[2]), argv[3], n + 16);
+	listen_fd = listen_on(atoi(argv[2]), argv[3], argc == 7 ? atoi(argv[6]) : 0, n + 16);
 
 	if (!strcmp(mode, "sqpoll")) {
 		params.flags = IORING_SETUP_SQPOLL;
