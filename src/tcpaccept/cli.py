@@ -10,7 +10,8 @@ import sys
 from typing import Callable, NoReturn, Optional, Sequence, TypeVar
 
 from . import __version__
-from .config import PROBE_CHOICES, Config, OutputConfig
+from .config import DEFAULT_METRICS_LABELS, METRICS_LABELS, PROBE_CHOICES, Config, OutputConfig
+from .containers.selector import Selector, SelectorError
 from .errors import TcpacceptError
 
 EXAMPLES = """\
@@ -35,6 +36,9 @@ examples:
   tcpaccept -r 10.0.0.0/8,fd00::/8                               # only these clients
   tcpaccept --cgroupmap /sys/fs/bpf/test01   # bcc: only cgroups in this pinned map
   tcpaccept --mntnsmap /sys/fs/bpf/mnt_ns    # bcc: only mount namespaces in this map
+  tcpaccept --container web,3f4e1a2b9c0d     # only these containers (name or id prefix)
+  tcpaccept --k8s-namespace shop --pod web-0 # only this Kubernetes pod
+  tcpaccept -j --host-root /host             # in a container with the host's / at /host
   tcpaccept --no-unmap           # show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d
   tcpaccept -n 10                # stop after 10 accepts
   tcpaccept -d 30                # stop after 30 seconds
@@ -153,6 +157,24 @@ def _readable_file(kind: str) -> Callable[[str], str]:
     return parse
 
 
+def _metrics_labels(text: str) -> tuple[str, ...]:
+    labels = tuple(part.strip() for part in text.split(","))
+    unknown = [label for label in labels if label not in METRICS_LABELS]
+    if unknown or not labels:
+        raise argparse.ArgumentTypeError(
+            f"unknown label {unknown[0] if unknown else repr(text)}: choose from "
+            f"{','.join(METRICS_LABELS)}")
+    if len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"a label is given twice in {text!r}")
+    return labels
+
+
+def _directory(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    return text
+
+
 def _ring_kib(text: str) -> int:
     size = _int_in(4, 1 << 20, "ring buffer size (KiB)")(text)
     # The kernel wants a power-of-two number of pages.
@@ -206,6 +228,11 @@ def build_parser() -> OneLineParser:
                                           "(PEM; needs --metrics-tls-key)")
     out.add_argument("--metrics-tls-key", type=_readable_file("TLS key"), metavar="FILE",
                      help="the certificate's private key (PEM)")
+    out.add_argument("--metrics-labels", type=_metrics_labels,
+                     default=DEFAULT_METRICS_LABELS, metavar="LABEL[,...]",
+                     help=f"labels of each listener's series, from {','.join(METRICS_LABELS)} "
+                          f"(default {','.join(DEFAULT_METRICS_LABELS)}; comm: one series "
+                          "per process name, which any process can change)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="print no accept lines (with --metrics: the always-on agent mode)")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
@@ -233,6 +260,12 @@ def build_parser() -> OneLineParser:
                      help="only cgroups in this pinned BPF hash (bcc)")
     flt.add_argument("--mntnsmap", type=_existing("pinned map"), metavar="PATH",
                      help="only mount namespaces in this pinned BPF hash (bcc)")
+    flt.add_argument("--container", metavar="NAME|ID[,...]",
+                     help="only these containers (name, or id prefix of >= 12 hex digits); "
+                          "containers started later are matched too")
+    flt.add_argument("--pod", metavar="NAME[,...]", help="only these Kubernetes pods")
+    flt.add_argument("--k8s-namespace", metavar="NS[,...]",
+                     help="only pods in these Kubernetes namespaces")
 
     run = p.add_argument_group("running")
     run.add_argument("-d", "--duration", type=_positive_float("duration"), metavar="SECONDS",
@@ -244,6 +277,9 @@ def build_parser() -> OneLineParser:
     run.add_argument("--no-io-uring", dest="io_uring", action="store_false",
                      help="tracepoint method: do not hook io_uring completions (io_uring "
                           "accepts are then not seen; fexit/kprobe see them regardless)")
+    run.add_argument("--host-root", type=_directory, default="/", metavar="DIR",
+                     help="where the host's / is mounted when tcpaccept runs in a container "
+                          "(cgroups, /proc and the container runtimes' state are read there)")
     run.add_argument("--ring-buffer", type=_ring_kib, default=4096, metavar="KIB",
                      help="kernel ring buffer size in KiB, a power of two >= 4 (default "
                           "4096: ~37k events of headroom)")
@@ -274,6 +310,8 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         # Only the default text layout has no use for the queue latency: skip its hook.
         queue_latency=bool(args.latency or args.json or args.summary or args.metrics),
         io_uring=args.io_uring,
+        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
+        host_root=args.host_root,
     )
     output = OutputConfig(
         json=args.json,
@@ -291,6 +329,7 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         metrics_tls_cert=args.metrics_tls_cert,
         metrics_tls_key=args.metrics_tls_key,
         quiet=args.quiet,
+        metrics_labels=args.metrics_labels,
     )
     return config, output
 
@@ -310,9 +349,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .session import check_report, trace  # deferred: --help needs no libbpf
 
     try:
+        config, output = configs_from(args)
+    except SelectorError as exc:
+        parser.error(str(exc))
+    try:
         if args.check:
             return check_report(sys.stdout, verbose=args.verbose)
-        config, output = configs_from(args)
         return trace(config, output)
     except TcpacceptError as exc:
         print(f"tcpaccept: {exc}", file=sys.stderr)

@@ -6,8 +6,15 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .containers.selector import Selector
+
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 PROBE_CHOICES = ("auto", "fexit", "kprobe", "tracepoint")
+# Prometheus labels a listener's series may carry (--metrics-labels), and the default. Each
+# is bounded by the listeners on the node; comm is opt-in because any process can rename
+# itself as often as it likes (one series per name).
+METRICS_LABELS = ("laddr", "lport", "netns", "container", "namespace", "pod", "comm")
+DEFAULT_METRICS_LABELS = ("laddr", "lport", "netns", "container", "namespace", "pod")
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,10 @@ class Config:
     ring_buffer_bytes: int = 4 << 20
     # Tracepoint method: also hook io_uring completions (IORING_OP_ACCEPT), where supported.
     io_uring: bool = True
+    # --container/--pod/--k8s-namespace: the kernel lets through the cgroup ids user space
+    # resolves from these, re-resolved every second.
+    containers: Selector = Selector()
+    host_root: str = "/"  # where the host's / is seen (/host when run in a container)
 
 
 @dataclass(frozen=True)
@@ -52,3 +63,4 @@ class OutputConfig:
     metrics_tls_cert: Optional[str] = None  # PEM files: serve the metrics over HTTPS
     metrics_tls_key: Optional[str] = None
     quiet: bool = False  # no accept lines (with metrics: the always-on agent)
+    metrics_labels: tuple[str, ...] = DEFAULT_METRICS_LABELS

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import btf as btf_mod
 from .errors import TcpacceptError
-from .model import Accept
+from .model import Accept, Container
 
 RECORD_STRUCT = "accept_event"
 PROBE_ENUM = "accept_probe"
@@ -169,8 +169,12 @@ class Decoder:
     comms). `layout` defaults to the packaged object's."""
 
     def __init__(self, layout: Optional[RecordLayout] = None, unmap_ipv4: bool = True,
-                 boot_to_wall_ns: Optional[int] = None) -> None:
+                 boot_to_wall_ns: Optional[int] = None,
+                 container_of: Optional[Callable[[int, int], Optional[Container]]] = None,
+                 ) -> None:
         self.layout = layout or RecordLayout.from_object()
+        # (cgroup_id, pid) -> Container: fills Accept.container; None leaves it None.
+        self.container_of = container_of
         self.unmap_ipv4 = unmap_ipv4
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC: one offset converts it to wall time.
         self.boot_to_wall_ns = (
@@ -216,6 +220,7 @@ class Decoder:
         Only the fixed names of NEEDED_INTS/NEEDED_BYTES reach the source, never a string
         from the object."""
         unpacked = ", ".join(self.layout.names)
+        container = "None" if self.container_of is None else "container_of(cgroup_id, pid)"
         source = (
             "def decode(record):\n"
             f"    ({unpacked},) = unpack_from(record)\n"
@@ -224,12 +229,13 @@ class Decoder:
             "    return Accept(ts_ns + boot_to_wall_ns, pid, tid, uid, comm_text(comm),\n"
             "                  shown_family, raddr_text, rport, laddr_text, lport, backlog,\n"
             "                  backlog_max, fd, listen_fd, netns, cgroup_id,\n"
-            "                  queue_latency_ns or None, probe_name(probe, 'unknown'))\n"
+            "                  queue_latency_ns or None, probe_name(probe, 'unknown'),\n"
+            f"                  {container})\n"
         )
         scope = {
             "unpack_from": self.layout.struct.unpack_from, "address": self.address,
             "comm_text": self.comm, "Accept": Accept, "boot_to_wall_ns": self.boot_to_wall_ns,
-            "probe_name": self.layout.probe_names.get,
+            "probe_name": self.layout.probe_names.get, "container_of": self.container_of,
         }
         exec(compile(source, f"<decode {self.layout.source}>", "exec"), scope)  # noqa: S102
         return scope["decode"]

@@ -66,6 +66,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__value_size": (_c.c_uint32, [_c.c_void_p]),
     "bpf_map_update_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p, _c.c_uint64]),
     "bpf_map_lookup_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
+    "bpf_map_delete_elem": (_c.c_int, [_c.c_int, _c.c_void_p]),
     "bpf_obj_get": (_c.c_int, [_c.c_char_p]),
     "btf__load_vmlinux_btf": (_c.c_void_p, []),
     "btf__find_by_name_kind": (_c.c_int, [_c.c_void_p, _c.c_char_p, _c.c_uint32]),
@@ -157,14 +158,23 @@ def probe_helper(prog_type: int, helper_id: int) -> bool:
     return lib().libbpf_probe_bpf_helper(prog_type, helper_id, None) == 1
 
 
-BTF_KIND_STRUCT = 4
+BTF_KIND_STRUCT, BTF_KIND_FUNC = 4, 12
 
 
 def kernel_has_struct(name: str) -> bool:
     """Whether the running kernel's BTF defines `struct name`."""
+    return _kernel_btf_has(name, BTF_KIND_STRUCT)
+
+
+def kernel_has_func(name: str) -> bool:
+    """Whether the running kernel's BTF has function `name` (a kfunc, for instance)."""
+    return _kernel_btf_has(name, BTF_KIND_FUNC)
+
+
+def _kernel_btf_has(name: str, kind: int) -> bool:
     btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
     try:
-        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
+        return lib().btf__find_by_name_kind(btf, name.encode(), kind) > 0
     finally:
         lib().btf__free(btf)
 
@@ -206,6 +216,11 @@ class Map:
         rc = lib().bpf_map_update_elem(self.fd, key, value, 0)
         if rc < 0:
             raise LibbpfError(f"update map {self.name}", ctypes.get_errno() or -rc)
+
+    def delete(self, key: bytes) -> None:
+        """Remove key; a key that is not there is not an error."""
+        if lib().bpf_map_delete_elem(self.fd, key) < 0 and ctypes.get_errno() != errno.ENOENT:
+            raise LibbpfError(f"delete from map {self.name}", ctypes.get_errno())
 
     def lookup(self, key: bytes, value_size: int) -> Optional[bytes]:
         value = ctypes.create_string_buffer(value_size)

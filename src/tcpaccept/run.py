@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence
 
 from .drops import DropMonitorError
 from .model import Accept, Drop, Lost
@@ -101,8 +101,10 @@ def run(
     count: Optional[int] = None,
     duration: Optional[float] = None,
     drops: Optional[DropSource] = None,
+    every_second: Sequence[Callable[[], None]] = (),
 ) -> int:
-    """Trace until a signal, the duration or the count; returns the number of accepts."""
+    """Trace until a signal, the duration or the count; returns the number of accepts.
+    ``every_second`` are chores such as re-resolving the container filter's cgroups."""
     deadline = time.monotonic() + duration if duration else None
     lost = _LostCounter(tracer)
     poller = _DropPoller(drops, warn) if drops is not None else None
@@ -133,6 +135,8 @@ def run(
         now = time.monotonic()
         if now >= next_lost_check:
             sink.handle(lost.delta())
+            for chore in every_second:
+                chore()
             next_lost_check = now + LOST_CHECK_S
         if poller is not None and now >= next_drops_poll:
             sink.handle(poller.poll())

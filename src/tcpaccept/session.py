@@ -8,6 +8,7 @@ TcpacceptError (one line, an exit code) for ``cli.main``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import sys
@@ -15,8 +16,8 @@ import time
 from typing import Callable, Iterator, Optional, Sequence, TextIO
 
 from . import iouring, libbpf, preflight, probes
-from .cgroups import CgroupPaths
 from .config import Config, OutputConfig
+from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
 from .errors import TcpacceptError
 from .model import Drop
@@ -55,12 +56,16 @@ def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
     libbpf.set_print((lambda _level, line: log(f"libbpf: {line}")) if verbose else None)
 
 
-def build_output_sink(output: OutputConfig, out: TextIO, start_ns: int) -> Sink:
+def build_output_sink(output: OutputConfig, out: TextIO, start_ns: int,
+                      resolver: Optional[ContainerResolver] = None) -> Sink:
     """The sink that prints: summary tables, JSON lines or the seed's text lines."""
     notices = LostNotices(sys.stderr)
     if output.summary_interval:
         return SummarySink(out, output.summary_interval, output.json, notices)
-    cgroup_path = CgroupPaths() if output.extended else None
+    cgroup_path = None
+    if output.extended and resolver is not None:
+        def cgroup_path(cgroup_id: int) -> str:
+            return resolver.cgroup_path(cgroup_id) or f"cgroup:{cgroup_id}"
     if output.json:
         formatter = JsonFormatter(cgroup_path)
         return LineSink(out, notices, None if output.quiet else formatter.line,
@@ -77,17 +82,27 @@ def build_output_sink(output: OutputConfig, out: TextIO, start_ns: int) -> Sink:
 
 
 class FilteredDrops:
-    """Listener drops for the processes the user asked about (ports filter in netlink)."""
+    """Listener drops for the processes (and containers) the user asked about, named with
+    their owner's container (ports filter in netlink already)."""
 
-    def __init__(self, config: Config, monitor: ListenerDropMonitor) -> None:
+    def __init__(self, config: Config, monitor: ListenerDropMonitor,
+                 resolver: Optional[ContainerResolver]) -> None:
         self.config = config
         self.monitor = monitor
+        self.resolver = resolver
         self.monitor.poll()  # the baseline: drops from before tracing are not reported
 
     def _wanted(self, reports: Sequence[Drop]) -> list[Drop]:
         c = self.config
-        return [r for r in reports
-                if (not c.pids or r.pid in c.pids) and (c.comm is None or r.comm == c.comm)]
+        wanted = [r for r in reports
+                  if (not c.pids or r.pid in c.pids) and (c.comm is None or r.comm == c.comm)]
+        if self.resolver is not None:
+            for_pid = self.resolver.for_pid
+            wanted = [dataclasses.replace(r, container=for_pid(r.pid))
+                      if r.pid is not None else r for r in wanted]
+        if c.containers:
+            wanted = [r for r in wanted if c.containers.matches(r.container)]
+        return wanted
 
     def poll(self) -> list[Drop]:
         return self._wanted(self.monitor.poll())
@@ -124,6 +139,14 @@ def _open_drop_monitor(config: Config) -> ListenerDropMonitor:
         raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
 
 
+def _needs_containers(config: Config, output: OutputConfig) -> bool:
+    """Container names cost a cgroup walk at start and a dict hit per event: only when
+    something shows, filters or labels by them."""
+    labelled = output.metrics and {"container", "namespace", "pod"} & set(output.metrics_labels)
+    return bool(output.json or output.extended or output.summary_interval or labelled
+                or config.containers)
+
+
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
     out = out or sys.stdout
     _prepare(output.verbose)
@@ -134,12 +157,22 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
     try:
         with contextlib.ExitStack() as owned:
             tracer = owned.enter_context(Tracer(config, _stderr_logger(output.verbose)))
-            decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4)
+            resolver = (ContainerResolver(host_root=config.host_root)
+                        if _needs_containers(config, output) else None)
+            decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
+                                     container_of=resolver.resolve if resolver else None)
+            chores = []
+            if config.containers and resolver is not None:
+                def refresh_container_filter() -> None:
+                    tracer.set_container_cgroups(resolver.cgroup_ids_for(config.containers))
+
+                refresh_container_filter()  # before the banner: what is running now is seen
+                chores.append(refresh_container_filter)
             drops = None
             if output.drops or output.summary_interval:
                 # Its baseline is taken now: every drop after the banner is reported.
                 monitor = owned.enter_context(_open_drop_monitor(config))
-                drops = FilteredDrops(config, monitor)
+                drops = FilteredDrops(config, monitor, resolver)
             sinks: list[Sink] = []
             if output.metrics:
                 from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
@@ -148,11 +181,11 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 owned.enter_context(_metrics_server(metrics.registry, output.metrics))
                 sinks.append(metrics)
             print(BANNER, file=messages, flush=True)
-            sinks.append(build_output_sink(output, out, time.time_ns()))
+            sinks.append(build_output_sink(output, out, time.time_ns(), resolver))
             sink = owned.enter_context(contextlib.closing(
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
             run(tracer, decoder.decode, sink, stop, _warn, count=output.count,
-                duration=output.duration, drops=drops)
+                duration=output.duration, drops=drops, every_second=chores)
     except BrokenPipeError:
         silence_stdout()
     except libbpf.LibbpfError as exc:  # a ring-buffer poll failing mid-run

@@ -14,6 +14,7 @@ from .btf import Btf, DataSection
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
 from .event import Decoder, RecordLayout, default_object_path
+from .model import Container
 
 _libc = ctypes.CDLL(None)
 MAX_WAKEUP_BATCH = 1024
@@ -34,6 +35,7 @@ def configure(rodata: DataSection, config: Config, layout: RecordLayout,
     rodata.set("filter_cgroup", bool(config.cgroup))
     rodata.set("filter_cgroupmap", bool(config.cgroupmap))
     rodata.set("filter_mntnsmap", bool(config.mntnsmap))
+    rodata.set("filter_containers", bool(config.containers))
     rodata.set("filter_remote", bool(config.remotes))
     rodata.set("filter_family", bool(config.family))
     rodata.set("target_family", config.family or 0)
@@ -75,6 +77,7 @@ class Tracer:
         self._open_fds: list[int] = []
         self._lost_map: Optional[libbpf.Map] = None
         self._ncpus = 1
+        self._container_cgroups: set[int] = set()  # what container_cgroups holds
 
     # -- lifecycle --
 
@@ -90,8 +93,8 @@ class Tracer:
             reason = probes.unusable_reason(method)
             if reason is None:
                 try:
-                    self._start_with(probes.plan_for(method, self.config.queue_latency,
-                                                   self.config.io_uring))
+                    self._start_plan(probes.plan_for(method, self.config.queue_latency,
+                                                     self.config.io_uring))
                     self.method = method
                     self.log(f"attach method: {method}")
                     return
@@ -114,6 +117,20 @@ class Tracer:
             )
         summary = "; ".join(f"{m}: {r}" for m, r in self.rejected.items())
         raise TcpacceptError(f"no attach method works on this kernel ({summary})")
+
+    def _start_plan(self, plan: probes.Plan) -> None:
+        """Load and attach plan, else its fallback (same method, another program)."""
+        try:
+            self._start_with(plan)
+        except libbpf.LibbpfError as exc:
+            if plan.fallback is None:
+                raise
+            self.log(f"accept program {plan.variant} not usable: {exc}")
+            self._release()
+            plan = plan.fallback
+            self._start_with(plan)
+        if plan.variant:
+            self.log(f"accept program: {plan.variant}")
 
     def _start_with(self, plan: probes.Plan) -> None:
         obj = self._object = libbpf.BpfObject(str(self.bpf_object))
@@ -204,12 +221,28 @@ class Tracer:
         self._ring.consume()
         return self._batch
 
-    def decoder(self, unmap_ipv4: bool = True,
-                boot_to_wall_ns: Optional[int] = None) -> Decoder:
+    def decoder(self, unmap_ipv4: bool = True, boot_to_wall_ns: Optional[int] = None,
+                container_of: Optional[Callable[[int, int], Optional[Container]]] = None,
+                ) -> Decoder:
         """A decoder for this tracer's records, in the loaded object's layout."""
         if self.layout is None:
             raise TcpacceptError("tracer is not started")
-        return Decoder(self.layout, unmap_ipv4=unmap_ipv4, boot_to_wall_ns=boot_to_wall_ns)
+        return Decoder(self.layout, unmap_ipv4=unmap_ipv4, boot_to_wall_ns=boot_to_wall_ns,
+                       container_of=container_of)
+
+    def set_container_cgroups(self, cgroup_ids: set[int]) -> None:
+        """The cgroup ids the container filter lets through (the whole set, each time)."""
+        if self._object is None:
+            raise TcpacceptError("tracer is not started")
+        table = self._object.map("container_cgroups")
+        if len(cgroup_ids) > table.max_entries:
+            raise TcpacceptError(f"the container filter matches {len(cgroup_ids)} cgroups, "
+                                 f"more than the {table.max_entries} it can hold")
+        for gone in self._container_cgroups - cgroup_ids:
+            table.delete(struct.pack("<Q", gone))
+        for new in cgroup_ids - self._container_cgroups:
+            table.update(struct.pack("<Q", new), b"\x01")
+        self._container_cgroups = set(cgroup_ids)
 
     def lost_events(self) -> int:
         """Events the kernel could not queue (ring buffer full), summed over CPUs."""

@@ -31,6 +31,7 @@ const volatile __u32 target_netns = 0;       /* network namespace inode */
 const volatile bool filter_cgroup = false;   /* cgroup_filter: a cgroup v2 dir and below */
 const volatile bool filter_cgroupmap = false; /* bcc --cgroupmap: pinned hash of cgroup ids */
 const volatile bool filter_mntnsmap = false; /* bcc --mntnsmap: pinned hash of mntns inodes */
+const volatile bool filter_containers = false; /* container_cgroups: --container/--pod/... */
 const volatile bool filter_remote = false;   /* remote_filter LPM trie */
 const volatile bool filter_family = false;
 const volatile __u32 target_family = 0;      /* 4 or 6; IPv4-mapped IPv6 counts as 4 */
@@ -38,6 +39,8 @@ const volatile __u32 target_family = 0;      /* 4 or 6; IPv4-mapped IPv6 counts 
 const volatile bool saved_regs = false;      /* listening fd from the saved user registers */
 const volatile bool queue_latency = false;   /* stamp_established runs: look stamps up */
 const volatile __u32 wakeup_batch = 1;       /* wake the reader after this many per CPU */
+const volatile bool aggregate = false;       /* count in the maps of aggregate.bpf.h */
+const volatile bool emit_records = true;     /* a ring-buffer record per accept (lines) */
 
 /* Never read: they put the record's types into the object's BTF, where user space reads
  * the record layout (types used only inside inlined code are not emitted). */
@@ -135,6 +138,15 @@ struct {
 	__type(value, __u32);
 } mntnsmap SEC(".maps");
 
+/* cgroup ids of the containers that --container/--pod/--k8s-namespace select, descendants
+ * included; user space re-resolves every second, so containers started later are matched. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} container_cgroups SEC(".maps");
+
 /* The accepting task's name. io_uring's io-wq (iou-wrk-N) and SQPOLL (iou-sqp-N) threads
  * accept on their process's behalf: name the process (its group leader), as for its pid. */
 static __always_inline void accepting_comm(char comm[TASK_COMM_LEN])
@@ -175,6 +187,12 @@ static __always_inline bool task_wanted(__u32 tgid)
 		if (!bpf_map_lookup_elem(&cgroupmap, &cgroup_id))
 			return false;
 	}
+	if (filter_containers) {
+		__u64 cgroup_id = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&container_cgroups, &cgroup_id))
+			return false;
+	}
 	if (filter_mntnsmap) {
 		struct task_struct *task = (void *)bpf_get_current_task();
 		__u64 mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
@@ -201,6 +219,8 @@ static __always_inline void count_lost(void)
 	if (lost)
 		*lost += 1; /* per-CPU slot: no atomics needed */
 }
+
+#include "aggregate.bpf.h"
 
 static __always_inline int emit_accept(struct sock *child, struct sock *listener, __s32 fd,
 				       __s32 listen_fd, __u8 probe)
@@ -259,12 +279,32 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	if (filter_remote && !bpf_map_lookup_elem(&remote_filter, &remote))
 		return 0;
 
+	__u64 now = bpf_ktime_get_ns(), latency_ns = 0;
+	bool latency_measured = false;
+
+	if (queue_latency) {
+		__u64 child_key = (__u64)child;
+		__u64 *established = bpf_map_lookup_elem(&established_at, &child_key);
+
+		if (established) {
+			latency_measured = true;
+			if (now > *established)
+				latency_ns = now - *established;
+			bpf_map_delete_elem(&established_at, &child_key);
+		}
+	}
+	if (aggregate)
+		aggregate_accept(listener, child, lport, netns, remote.addr, now, latency_measured,
+				 latency_ns);
+	if (!emit_records) /* nobody prints lines: the maps are the output */
+		return 0;
+
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
 		return 0;
 	}
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = now;
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
@@ -292,17 +332,7 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 		e->backlog = 0;
 		e->backlog_max = 0;
 	}
-	e->queue_latency_ns = 0;
-	if (queue_latency) {
-		__u64 child_key = (__u64)child;
-		__u64 *established = bpf_map_lookup_elem(&established_at, &child_key);
-
-		if (established) {
-			if (e->ts_ns > *established)
-				e->queue_latency_ns = e->ts_ns - *established;
-			bpf_map_delete_elem(&established_at, &child_key);
-		}
-	}
+	e->queue_latency_ns = latency_ns;
 	accepting_comm(e->comm);
 	/* Wake the reader once per batch of events on this CPU (an eighth of the ring, set by
 	 * user space), not per event: a wakeup per event cost the traced server more than

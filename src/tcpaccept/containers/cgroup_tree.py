@@ -18,6 +18,8 @@ import os
 import time
 from typing import Callable, Iterator, Optional
 
+from .watch import DirectoryWatch, WatchUnavailable
+
 CGROUP2_DEFAULT = "/sys/fs/cgroup"
 ROOT_CGROUP_ID = 1  # the root cgroup's id; also what a cgroup v1-only host reports
 
@@ -68,6 +70,33 @@ class CgroupTree:
         self._gone_since: dict[int, float] = {}
         self._last_walk: Optional[float] = None
         self.walks = 0  # how many walks were made (for tests and the benchmark)
+        self._watch: Optional[DirectoryWatch] = None
+        self._changed = True  # since the last walk (always, without a watch)
+
+    def watch_changes(self) -> bool:
+        """Put an inotify watch on every cgroup directory from the next walk on, so that
+        ``changed()`` can tell whether a walk would find anything new. False if inotify
+        cannot be used (then ``changed()`` is always True)."""
+        if self._watch is None and self.root:
+            try:
+                self._watch = DirectoryWatch()
+            except WatchUnavailable:
+                return False
+            self._changed = True
+        return self._watch is not None
+
+    def changed(self) -> bool:
+        """Whether the tree may differ from the last walk."""
+        if self._watch is None or not self._watch.complete:
+            return True
+        if self._watch.changed():
+            self._changed = True
+        return self._changed
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def path(self, cgroup_id: int) -> Optional[str]:
         """The cgroup's path as of the last walk; None if no walk has seen this id (or it
@@ -99,6 +128,8 @@ class CgroupTree:
         now = self._clock()
         self._last_walk = now
         self.walks += 1
+        if self._watch is not None:
+            self._watch.changed()  # drained before the scan: later events mean walk again
         seen = dict(self._scan()) if self.root else {}
         for cgroup_id in self._paths.keys() - seen.keys():  # walked or learned before
             self._gone_since.setdefault(cgroup_id, now)
@@ -109,6 +140,13 @@ class CgroupTree:
         for cgroup_id in forgotten:
             del self._gone_since[cgroup_id]
             self._paths.pop(cgroup_id, None)
+        self._changed = False
+        if self._watch is not None:
+            new = seen.keys() - self._present
+            for cgroup_id in new:
+                self._watch.add(os.path.join(self.root or "/", seen[cgroup_id].lstrip("/")))
+            # a child made in a new directory before its watch was added went unseen
+            self._changed = bool(new)
         self._paths.update(seen)
         self._present = set(seen)
         return forgotten

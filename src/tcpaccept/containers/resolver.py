@@ -65,6 +65,8 @@ class ContainerResolver:
             with contextlib.suppress(Unavailable):  # then a miss walks the tree instead
                 self.handles = CgroupHandles(root)
         self._dead: set[int] = set()
+        self._watching: Optional[bool] = None  # inotify on the tree, once a filter asks
+        self._selected: dict[Selector, tuple[int, frozenset[int]]] = {}
         self._housekeeping_s = housekeeping_s
         self._calls = 0
         self.state = RuntimeState(host_root)
@@ -191,15 +193,38 @@ class ContainerResolver:
     # -- filters --------------------------------------------------------------------
     def cgroup_ids_for(self, selector: Selector) -> set[int]:
         """Ids of the cgroups (present now) of every container the selector matches, and
-        of their descendants: the set a kernel-side cgroup filter map should hold. Walks
-        the tree if the last walk is older than the walk interval, so calling it every
-        second picks up containers started since."""
+        of their descendants: the set a kernel-side cgroup filter map should hold. Cheap
+        enough to call every second: the tree is walked only when inotify saw a cgroup
+        made, removed or renamed since the last walk (and not more often than the walk
+        interval); without inotify, whenever the walk interval has passed."""
         if not selector:
             return set()
-        if self.cgroups.walk_due():
+        if self._watching is None:
+            self._watching = self.cgroups.watch_changes()
+        if self.cgroups.changed() and self.cgroups.walk_due():
             self.refresh()
-        wanted = set()
+        cached = self._selected.get(selector)
+        if cached is not None and cached[0] == self.cgroups.walks:
+            return set(cached[1])
+        wanted, unnamed = set(), False
         for cgroup_id, _path in self.cgroups.present():
-            if selector.matches(self.resolve(cgroup_id)):
+            container = self.resolve(cgroup_id)
+            unnamed = unnamed or (container is not None and container.name is None)
+            if selector.matches(container):
                 wanted.add(cgroup_id)
+        if not unnamed:  # else: names may still come, so match again next time
+            self._selected[selector] = (self.cgroups.walks, frozenset(wanted))
         return wanted
+
+    def close(self) -> None:
+        """Release the cgroup2 file handle and the inotify watch."""
+        if self.handles is not None:
+            self.handles.close()
+            self.handles = None
+        self.cgroups.close()
+
+    def __enter__(self) -> ContainerResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

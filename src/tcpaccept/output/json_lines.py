@@ -6,19 +6,36 @@ import json
 import time
 from typing import Callable, Optional
 
-from ..model import Accept, Drop
+from ..model import Accept, Container, Drop
 from .clock import SecondCache, iso_prefix
+
+_NO_CONTAINER = ', "container_id": null, "container": null, "pod": null, "namespace": null'
 
 
 class JsonFormatter:
     """Keys: event, time (ISO 8601, microseconds, local offset), pid, tid, comm, family,
     raddr, rport, laddr, lport, backlog, backlog_max, fd, listen_fd, uid, netns, cgroup_id,
-    queue_latency_us (null when not measured); cgroup (path) when a resolver is given."""
+    queue_latency_us (null when not measured), container_id, container, pod, namespace
+    (null outside containers / Kubernetes); cgroup (path) when a resolver is given."""
 
     def __init__(self, cgroup_path: Optional[Callable[[int], str]] = None) -> None:
         self._clock = SecondCache(iso_prefix)
         self._comm_json: dict[str, str] = {}
+        self._container_json: dict[Optional[Container], str] = {None: _NO_CONTAINER}
         self.cgroup_path = cgroup_path
+
+    def _container_keys(self, container: Optional[Container]) -> str:
+        # Names come from the runtimes' state files: escaped by json.dumps, once each.
+        keys = self._container_json.get(container)
+        if keys is None:
+            if len(self._container_json) > 4096:  # churn must not grow it without bound
+                self._container_json = {None: _NO_CONTAINER}
+            keys = self._container_json[container] = (
+                f', "container_id": {json.dumps(container.id)}, '
+                f'"container": {json.dumps(container.name)}, '
+                f'"pod": {json.dumps(container.pod)}, '
+                f'"namespace": {json.dumps(container.namespace)}')
+        return keys
 
     def time(self, time_ns: int) -> str:
         seconds, ns = divmod(time_ns, 1_000_000_000)
@@ -44,7 +61,8 @@ class JsonFormatter:
             f'"lport": {e.lport}, "backlog": {e.backlog}, "backlog_max": {e.backlog_max}, '
             f'"fd": {_fd(e.fd)}, "listen_fd": {_fd(e.listen_fd)}, "uid": {e.uid}, '
             f'"netns": {e.netns}, '
-            f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}{cgroup}}}'
+            f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}'
+            f'{self._container_keys(e.container)}{cgroup}}}'
         )
 
     def drop_line(self, report: Drop) -> str:
@@ -52,8 +70,16 @@ class JsonFormatter:
             "event": "drop", "time": self.time(report.time_ns or time.time_ns()),
             "laddr": report.laddr, "lport": report.lport, "pid": report.pid, "comm": report.comm,
             "backlog": report.backlog, "backlog_max": report.backlog_max,
-            "dropped": report.dropped,
+            "dropped": report.dropped, "netns": report.netns or None,
+            **_container_fields(report.container),
         })
+
+
+def _container_fields(container: Optional[Container]) -> dict:
+    if container is None:
+        return {"container_id": None, "container": None, "pod": None, "namespace": None}
+    return {"container_id": container.id, "container": container.name, "pod": container.pod,
+            "namespace": container.namespace}
 
 
 def _fd(fd: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from ..model import Accept, Drop
+from ..model import Accept, Container, Drop
 from .clock import SecondCache, hms
 from .escape import escape_text
 
@@ -18,7 +18,8 @@ class TextFormatter:
 
     relative_to_ns: when set (bcc's -t), TIME(s) is seconds since that moment instead of
     the local HH:MM:SS; with both_times (bcc's -T -t) TIME comes first, then TIME(s).
-    extended adds UID NETNS FD CGROUP; latency adds QLAT(ms).
+    extended adds UID NETNS FD CONTAINER CGROUP; latency adds QLAT(ms). CONTAINER is the
+    container's name, else its 12-character id, else `-`.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class TextFormatter:
         if self.latency:
             extra += f" {'QLAT(ms)':>10}"
         if self.extended:
-            extra += f" {'UID':<6} {'NETNS':<11} {'FD':<5} CGROUP"
+            extra += f" {'UID':<6} {'NETNS':<11} {'FD':<5} {'CONTAINER':<20} CGROUP"
         return extra
 
     def _time(self, time_ns: int) -> str:
@@ -74,7 +75,7 @@ class TextFormatter:
         if self.extended:
             fd = e.fd if e.fd >= 0 else "-"
             cgroup = escape_text(self.cgroup_path(e.cgroup_id))
-            row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {cgroup}"
+            row += f" {e.uid:<6} {e.netns:<11} {fd:<5} {_container(e.container):<20} {cgroup}"
         return row
 
     def drop_line(self, report: Drop) -> str:
@@ -83,5 +84,11 @@ class TextFormatter:
             self._time(report.time_ns or time.time_ns()),
             report.pid if report.pid is not None else "-", escape_text(report.comm or "?"),
             "DROP", "-", report.laddr, report.lport,
-            f"{report.backlog}/{report.backlog_max} dropped={report.dropped}",
+            f"{report.backlog}/{report.backlog_max} dropped={report.dropped}"
+            + (f" container={_container(report.container)}" if report.container else ""),
         )
+
+
+def _container(container: Optional[Container]) -> str:
+    """Runtime-chosen names are untrusted too: escaped like comm."""
+    return escape_text(container.short) if container is not None else "-"

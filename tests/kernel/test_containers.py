@@ -1,0 +1,97 @@
+"""tcpaccept with real podman containers: two containers, each in its own network namespace,
+each serving on 127.0.0.1:8080 (busybox httpd), traffic sent inside each namespace.
+
+What a user of containers needs: every JSON event names its container (id and name), -x
+shows the name, and --container NAME sees only that container's accepts, also for a
+container started after tracing began (the kernel-side cgroup filter is re-resolved every
+second)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Iterator
+
+import pytest
+
+from tests.support.containers import Podman, RunningContainer, connect_in_netns, unique_name
+from tests.support.tracer import TracerRun, start_tracer, tcpaccept_command
+
+
+@pytest.fixture
+def podman() -> Iterator[Podman]:
+    with Podman() as runtime:
+        yield runtime
+
+
+def wait_for(what: str, done, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def accepts_of(run: TracerRun, container: RunningContainer) -> list[dict]:
+    return [e for e in run.events() if e["pid"] == container.pid and e["lport"] == 8080]
+
+
+def test_json_names_each_container_and_extended_text_shows_names(podman: Podman) -> None:
+    first = podman.run(unique_name("web-a"))
+    second = podman.run(unique_name("web-b"))
+    json_run = start_tracer()
+    text_run = start_tracer("-x", json_mode=False)
+    try:
+        connect_in_netns(first.pid, count=3)
+        connect_in_netns(second.pid, count=5)
+        wait_for("8 accepts", lambda: len(accepts_of(json_run, first)) == 3
+                 and len(accepts_of(json_run, second)) == 5)
+    finally:
+        json_run.stop()
+        text_run.stop()
+    for container, count in ((first, 3), (second, 5)):
+        events = accepts_of(json_run, container)
+        assert len(events) == count
+        for e in events:
+            assert e["container_id"] == container.id
+            assert e["container"] == container.name
+            assert e["pod"] is None and e["namespace"] is None
+            assert e["laddr"] == "127.0.0.1" and e["raddr"] == "127.0.0.1"
+    # Two listeners on the same address and port, told apart by their network namespace.
+    both = accepts_of(json_run, first) + accepts_of(json_run, second)
+    assert len({e["netns"] for e in both}) == 2
+    lines = [line for line in text_run.lines if not line.startswith("Tracing")]
+    header = lines[0].split()
+    column = header.index("CONTAINER")
+    rows = [line.split() for line in lines[1:]]
+    for container, count in ((first, 3), (second, 5)):
+        mine = [row for row in rows if row[1] == str(container.pid) and row[6] == "8080"]
+        assert len(mine) == count, text_run.stdout
+        # Column index in the row equals the header's (+0: every column before it is a
+        # single word in both, TIME included).
+        assert {row[column] for row in mine} == {container.name}
+
+
+def test_container_filter_sees_only_that_container_even_started_later(podman: Podman) -> None:
+    other = podman.run(unique_name("other"))
+    wanted_name = unique_name("wanted")
+    run = start_tracer("--container", wanted_name)
+    try:
+        connect_in_netns(other.pid, count=2)
+        wanted = podman.run(wanted_name)  # started after tracing began
+        time.sleep(1.5)  # the filter's cgroups are re-resolved every second
+        connect_in_netns(wanted.pid, count=3)
+        connect_in_netns(other.pid, count=2)
+        wait_for("3 accepts of the wanted container", lambda: len(accepts_of(run, wanted)) == 3)
+    finally:
+        run.stop()
+    assert len(accepts_of(run, wanted)) == 3  # the positive control
+    assert accepts_of(run, other) == []
+    assert {e["container"] for e in run.events()} == {wanted_name}
+
+
+def test_bad_container_filter_is_one_line_and_exit_2() -> None:
+    proc = subprocess.run(tcpaccept_command("--container", "no/such name"),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and "--container" in proc.stderr
