@@ -109,8 +109,10 @@ def _accept_path(run: RunResult) -> dict[str, dict]:
 
 def bpf_rows(results: list[RunResult], variants: list[Variant],
              stats_error: Optional[str]) -> tuple[list[Row], dict]:
-    """Run time of the accept-path programs over the load / the load's accepts (bpf_stats),
-    and ns per run of each (a run is any accept() return, EAGAIN included)."""
+    """What one accept pays in BPF programs (bpf_stats): one run of each accept-path
+    program, so the sum of their ns per run. Per run, not run time / nginx's accepts: the
+    programs also run (at the same cost) for every other process's accepts on this shared
+    machine. A run of the exit program is any accept() return, EAGAIN included."""
     if stats_error:
         return [Row("BPF ns per accept (bpf_stats)", f"not measured: {stats_error}")], {}
     rows, figures = [], {}
@@ -119,8 +121,7 @@ def bpf_rows(results: list[RunResult], variants: list[Variant],
         if not runs:
             continue
         per_accept = statistics.median(
-            sum(p["ns"] for p in _accept_path(r).values()) / r.bpf["accepts"]  # type: ignore
-            for r in runs)
+            sum(p["ns_per_run"] for p in _accept_path(r).values()) for r in runs)
         per_prog: dict[str, list[float]] = {}
         for r in runs:
             for name, prog in _accept_path(r).items():

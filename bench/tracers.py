@@ -152,6 +152,8 @@ def count_events(variant: Variant, path: Path, pids: set[int],
                  port: int) -> tuple[int, int, int]:
     """(events from our nginx on our port, all event lines, lost events) in a counted
     tracer's output: bpftrace reports its lost events on stdout."""
+    if variant.kind == "summary":
+        return summary_accepts(path, port)
     ours = total = lost = 0
     pid_texts = {str(p) for p in pids}
     with open(path, "rb") as f:
@@ -191,3 +193,30 @@ def attached(variant: Variant, tool: Path, workdir: Path, tag: str) -> Iterator[
         yield tracer
     finally:
         tracer.stop()
+
+
+def summary_accepts(path: Path, port: int) -> tuple[int, int, int]:
+    """(accepts on listeners of `port`, all accepts, 0) summed over every interval's
+    table of `tcpaccept -s`. The ACCEPTS column is found by its header (right-aligned),
+    so added columns do not move it; a line `Lost N events` on stdout counts as lost."""
+    ours = total = lost = 0
+    end = None  # where the ACCEPTS column ends, inside a LISTENER table
+    suffix = f":{port}"
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("LISTENER") and "ACCEPTS" in line:
+            end = line.index("ACCEPTS") + len("ACCEPTS")
+            continue
+        if not line.strip() or line.startswith("TOP REMOTES"):
+            end = None
+            continue
+        match = LOST_RE.search(line)
+        if match and not match.group(2):
+            lost += int(match.group(1))
+        if end is None:
+            continue
+        fields = line[:end].split()
+        if not fields or not fields[-1].isdigit():
+            continue
+        total += int(fields[-1])
+        ours += int(fields[-1]) if fields[0].endswith(suffix) else 0
+    return ours, total, lost
