@@ -6,6 +6,7 @@ import json
 import socket
 
 from tcpaccept.event import Decoder, RecordLayout
+from tcpaccept.model import Container
 from tcpaccept.output.json_lines import JsonFormatter
 from tcpaccept.output.text import TextFormatter
 
@@ -73,10 +74,16 @@ def test_relative_time_and_extra_columns() -> None:
     text = TextFormatter(relative_to_ns=3_500_000_000, extended=True, latency=True,
                          cgroup_path=lambda _id: "/system.slice/nginx.service")
     assert text.header().startswith("TIME(s)  PID")
-    assert text.header().endswith("QLAT(ms) UID    NETNS       FD    CGROUP")
+    assert text.header().endswith(
+        "QLAT(ms) UID    NETNS       FD    CONTAINER            CGROUP")
     row = text.line(e)
     assert row.startswith("1.500    4242")
-    assert row.endswith("     1.235 33     4026531840  7     /system.slice/nginx.service")
+    assert row.endswith(
+        "     1.235 33     4026531840  7     -                    /system.slice/nginx.service")
+    named = e._replace(container=Container(id="ab" * 32, name="web"))
+    assert text.line(named).endswith(f" {'web':<20} /system.slice/nginx.service")
+    unnamed = e._replace(container=Container(id="ab" * 32))
+    assert text.line(unnamed).endswith(f" {'abababababab':<20} /system.slice/nginx.service")
 
 
 def test_json_object_has_every_key() -> None:
@@ -86,6 +93,17 @@ def test_json_object_has_every_key() -> None:
     assert obj["queue_latency_us"] == 1234.567
     assert obj["event"] == "accept"
     assert obj["family"] == 4 and obj["fd"] == 7 and obj["cgroup_id"] == 77
+    assert (obj["container_id"], obj["container"], obj["pod"], obj["namespace"]) == (
+        None, None, None, None)
+
+
+def test_json_names_the_container_and_pod() -> None:
+    pod = Container(id="cd" * 32, name="app", pod="web-0", namespace="shop",
+                    runtime="containerd")
+    e = Decoder(LAYOUT).decode(record())._replace(container=pod)
+    obj = json.loads(JsonFormatter().line(e))
+    assert (obj["container_id"], obj["container"], obj["pod"], obj["namespace"]) == (
+        "cd" * 32, "app", "web-0", "shop")
 
 
 def test_json_fd_is_null_when_the_method_cannot_know_it() -> None:
