@@ -186,3 +186,27 @@ def test_a_batch_bigger_than_the_room_left_keeps_the_lines_that_fit() -> None:
     writer.close()
     os.close(r)
     os.close(w)
+
+
+def test_flush_gives_up_early_on_a_stalled_reader_but_waits_for_a_slow_one() -> None:
+    r, w = os.pipe()
+    writer = OutputWriter(w)
+    writer.write_lines(LINE * 2000, 2000)  # ~140 KB: more than the pipe holds
+    start = time.monotonic()
+    assert not writer.flush(5.0, idle_s=0.1)  # nobody reads: no progress, give up
+    assert time.monotonic() - start < 0.5
+    stop = threading.Event()
+
+    def slow_reader() -> None:  # 8 KiB every 20 ms: ~400 KB/s, never idle for 0.1 s
+        while not stop.is_set():
+            os.read(r, 8192)
+            time.sleep(0.02)
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    assert writer.flush(5.0, idle_s=0.1)
+    stop.set()
+    writer.close()
+    os.close(w)
+    reader.join(5)
+    os.close(r)

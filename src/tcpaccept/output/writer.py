@@ -29,6 +29,7 @@ import select
 import stat
 import sys
 import threading
+import time
 from typing import Optional
 
 from ..errors import TcpacceptError
@@ -37,6 +38,8 @@ from ..errors import TcpacceptError
 DEFAULT_LIMIT_BYTES = 4 << 20
 # Exit code for an output that cannot be written (README: "exit codes").
 OUTPUT_ERROR_EXIT = 1
+# How often flush(idle_s=...) looks whether the writer thread got anything out.
+_PROGRESS_CHECK_S = 0.02
 # Linux makes pipe writes of at most this many bytes atomic (pipe(7)).
 PIPE_BUF = select.PIPE_BUF
 
@@ -86,6 +89,7 @@ class OutputWriter:
         self._queued_bytes = 0  # queued plus the chunk being written: the memory bound
         self._busy: Optional[_Chunk] = None  # the chunk being written
         self._busy_done = 0  # how many of its bytes are out
+        self._bytes_out = 0  # written in all, for flush to see progress
         self._dropped = 0  # events dropped since the last dropped_lines()
         self._error: Optional[OSError] = None
         self._not_written = 0  # events lost to the error
@@ -134,13 +138,26 @@ class OutputWriter:
         with self._cond:
             return self._queued_bytes
 
-    def flush(self, timeout_s: float) -> bool:
+    def flush(self, timeout_s: float, idle_s: Optional[float] = None) -> bool:
         """Wait up to timeout_s for everything queued to be written; True when it was.
-        Raises BrokenPipeError or OutputError if the output failed."""
+        With idle_s, give up as soon as no byte got out for that long (a stalled reader:
+        waiting longer only delays the exit). Raises BrokenPipeError or OutputError if the
+        output failed."""
+        deadline = time.monotonic() + timeout_s
         with self._cond:
-            self._cond.wait_for(
-                lambda: self._error is not None or (not self._queue and self._busy is None),
-                timeout_s)
+            last_progress, last_time = self._bytes_out, time.monotonic()
+            while True:
+                if self._error is not None or (not self._queue and self._busy is None):
+                    break
+                now = time.monotonic()
+                if self._bytes_out != last_progress:
+                    last_progress, last_time = self._bytes_out, now
+                wait = deadline - now
+                if idle_s is not None:
+                    wait = min(wait, last_time + idle_s - now, _PROGRESS_CHECK_S)
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
             self._raise_if_failed(0)
             return not self._queue and self._busy is None
 
@@ -214,8 +231,10 @@ class OutputWriter:
                 cut = data.rfind(b"\n", done, done + PIPE_BUF)
                 end = cut + 1 if cut >= 0 else data.find(b"\n", done) + 1 or len(data)
             try:
-                done += os.write(self._fd, view[done:end])
+                written = os.write(self._fd, view[done:end])
+                done += written
                 self._busy_done = done
+                self._bytes_out += written
             except InterruptedError:
                 continue
             except OSError as exc:
