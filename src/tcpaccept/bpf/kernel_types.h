@@ -18,6 +18,7 @@ enum { false = 0, true = 1 };
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_MPTCP 262
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_RECV 3
 #define PF_IO_WORKER 0x00000010 /* io_uring's io-wq and SQPOLL threads */
@@ -72,6 +73,11 @@ struct sock {
 struct socket {
 	short type;
 	struct sock *sk;
+};
+
+/* An MPTCP socket (listener or accepted): its first subflow is a plain TCP sock. */
+struct mptcp_sock {
+	struct sock *first;
 };
 
 struct file {

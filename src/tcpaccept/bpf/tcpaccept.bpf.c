@@ -235,8 +235,28 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	protocol = BPF_CORE_READ_BITFIELD_PROBED(child, sk_protocol);
-	if (protocol != IPPROTO_TCP)
+	/* An MPTCP listener's accept() hands out the MPTCP socket (it carries the first
+	 * subflow's addresses): it is a TCP connection to every user and every filter. fexit
+	 * and kprobe never see it here: inet_csk_accept returns the TCP subflow. */
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP)
 		return 0;
+	if (bpf_core_field_exists(struct mptcp_sock, first)) {
+		/* Addresses, port, queue and the ESTABLISHED stamp live on the first subflows
+		 * (a plain TCP client of an MPTCP listener gets a TCP child: only the listener
+		 * is an MPTCP socket then). */
+		struct sock *subflow;
+
+		if (protocol == IPPROTO_MPTCP) {
+			subflow = BPF_CORE_READ((struct mptcp_sock *)child, first);
+			if (subflow)
+				child = subflow;
+		}
+		if (listener && BPF_CORE_READ_BITFIELD_PROBED(listener, sk_protocol) == IPPROTO_MPTCP) {
+			subflow = BPF_CORE_READ((struct mptcp_sock *)listener, first);
+			if (subflow)
+				listener = subflow;
+		}
+	}
 
 	/* The listener's port: a child reset before accept() has had its own cleared. */
 	__u16 lport = BPF_CORE_READ(listener ? listener : child, __sk_common.skc_num);
