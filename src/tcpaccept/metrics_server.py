@@ -122,6 +122,8 @@ class MetricsServer:
         self._connections: dict[socket.socket, _Connection] = {}  # oldest first
         self._paused_until = 0.0
         self._stopping = False
+        self.errors = 0  # scrapes answered 500 because the registry raised
+        self.last_error = ""
         self._thread = threading.Thread(target=self._serve, name="tcpaccept-metrics",
                                         daemon=True)
 
@@ -260,7 +262,7 @@ class MetricsServer:
                 return
             conn.request += data
             if b"\r\n\r\n" in conn.request:
-                conn.reply = memoryview(self._answer(bytes(conn.request)))
+                conn.reply = memoryview(self._safe_answer(bytes(conn.request)))
                 self._wait_for(conn, selectors.EVENT_WRITE)
                 return
             if len(conn.request) > MAX_REQUEST_HEAD:
@@ -278,6 +280,17 @@ class MetricsServer:
             sent = conn.sock.send(reply)
             reply = conn.reply = reply[sent:]
         self._drop(conn)  # Connection: close
+
+    def _safe_answer(self, request: bytes) -> bytes:
+        """A collector that raises (say, a label the exposition cannot encode) costs that
+        scrape a 500, never the server thread."""
+        try:
+            return self._answer(request)
+        except Exception as exc:  # noqa: BLE001 - whatever a collector raises
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return _response(500, "Internal Server Error",
+                             f"500 {type(exc).__name__}\n".encode())
 
     def _answer(self, request: bytes) -> bytes:
         head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1")

@@ -279,3 +279,16 @@ def test_a_certificate_that_does_not_load_is_one_error(certificate: tuple[str, s
         MetricsServer("127.0.0.1", 0, registry_with_accepts(), cert, str(not_a_key))
     assert caught.value.exit_code == 2
     assert "--metrics-tls-key" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_registry_that_raises_costs_one_scrape_not_the_server() -> None:
+    registry = CollectorRegistry()
+    # A lone surrogate (a comm of invalid UTF-8 decoded with surrogateescape) cannot be
+    # encoded by the exposition: that scrape fails, the next ones still answer.
+    bad = Counter("tcpaccept_accepts", "accepts", ["comm"], registry=registry)
+    bad.labels("bad\udcff").inc()
+    with MetricsServer("127.0.0.1", 0, registry) as server:
+        assert get(server.port, "/metrics").status == 500
+        assert server.errors == 1 and "UnicodeEncodeError" in server.last_error
+        registry.unregister(bad)
+        assert get(server.port, "/metrics").status == 200
