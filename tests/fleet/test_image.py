@@ -6,8 +6,8 @@ a server on the host.
 podman's default seccomp profile allows bpf() and perf_event_open() only with SYS_ADMIN, so
 the working run uses --security-opt seccomp=unconfined (the DaemonSet's comment says what
 to do on such runtimes); a run under the default profile shows the refusal.
-Measured here: base ~32 s (cached in /var/cache/tcpaccept), cold build ~45 s, warm build
-(layer cache) a few seconds.
+Measured here: base 32 s (then cached in /var/cache/tcpaccept), cold build 44 s, rebuild
+after a source change ~20 s, unchanged ~2 s; image 181 MB (the debootstrap base: 121 MB).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ BASE = "docker.io/library/debian:bookworm-slim"
 # crun is not installed.
 PODMAN = ["podman", "--runtime", "runc"]
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def podman(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -53,7 +54,10 @@ def image() -> str:
                           capture_output=True, text=True, timeout=900)
     assert base.returncode == 0, base.stderr
     started = time.monotonic()
-    build = podman("build", "--pull=never", *ULIMITS, "-t", IMAGE, "-f",
+    # The build stage fetches prometheus-client from PyPI; this host reaches it through a
+    # TLS-intercepting proxy whose CA is in the host's bundle (the Containerfile's secret).
+    secret = ["--secret", f"id=pip-ca,src={HOST_CA}"] if os.path.exists(HOST_CA) else []
+    build = podman("build", "--pull=never", *ULIMITS, *secret, "-t", IMAGE, "-f",
                    str(ROOT / "Containerfile"), str(ROOT), timeout=900)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     size = podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip()
