@@ -168,6 +168,13 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
 
                 refresh_container_filter()  # before the banner: what is running now is seen
                 chores.append(refresh_container_filter)
+            if config.cgroup:
+                def follow_cgroup() -> None:
+                    warning = tracer.follow_cgroup()
+                    if warning:
+                        _warn(warning)
+
+                chores.append(follow_cgroup)
             drops = None
             if output.drops or output.summary_interval:
                 # Its baseline is taken now: every drop after the banner is reported.

@@ -78,6 +78,8 @@ class Tracer:
         self._lost_map: Optional[libbpf.Map] = None
         self._ncpus = 1
         self._container_cgroups: set[int] = set()  # what container_cgroups holds
+        self._cgroup_inode = 0  # the --cgroup directory the filter points at
+        self._cgroup_gone = False
 
     # -- lifecycle --
 
@@ -181,12 +183,43 @@ class Tracer:
         for network in self.config.remotes:
             obj.map("remote_filter").update(remote_key(network), present)
         if self.config.cgroup:
-            try:
-                fd = os.open(self.config.cgroup, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError as exc:
-                raise TcpacceptError(f"--cgroup {self.config.cgroup}: {exc.strerror}") from None
-            self._open_fds.append(fd)
+            self._cgroup_inode = self._point_cgroup_filter(obj)
+
+    def _point_cgroup_filter(self, obj: libbpf.BpfObject) -> int:
+        """Point the --cgroup filter at the directory now at its path; its inode."""
+        try:
+            fd = os.open(self.config.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise TcpacceptError(f"--cgroup {self.config.cgroup}: {exc.strerror}") from None
+        try:
+            # The map keeps its own reference to the cgroup: the fd can go at once.
             obj.map("cgroup_filter").update(struct.pack("<I", 0), struct.pack("<I", fd))
+            return os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+
+    def follow_cgroup(self) -> Optional[str]:
+        """Once a second with --cgroup: systemd restarts a service by removing its cgroup
+        and making a new one at the same path, which the filter (holding the old cgroup)
+        would never match. Follow the path; return a warning to print, or None."""
+        path = self.config.cgroup
+        if not path or self._object is None:
+            return None
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            if self._cgroup_gone:
+                return None
+            self._cgroup_gone = True
+            return f"--cgroup {path} is gone; nothing matches until it is back"
+        if inode == self._cgroup_inode:
+            return None
+        try:
+            self._cgroup_inode = self._point_cgroup_filter(self._object)
+        except TcpacceptError:
+            return None  # removed again in between: the next second tells
+        self._cgroup_gone = False
+        return f"--cgroup {path} was replaced; following the new directory"
 
     def close(self) -> None:
         self._release()
