@@ -210,3 +210,28 @@ def test_flush_gives_up_early_on_a_stalled_reader_but_waits_for_a_slow_one() -> 
     os.close(w)
     reader.join(5)
     os.close(r)
+
+
+def test_buffered_text_keeps_or_drops_a_whole_table() -> None:
+    from tcpaccept.output.writer import BufferedText
+
+    r, w = os.pipe()
+    writer = OutputWriter(w, limit_bytes=300)
+    os.write(w, b"z" * 65535 + b"\n")  # the pipe is full: everything stays queued
+    out = BufferedText(writer)
+    for _ in range(3):  # 3 tables of 2 lines, 100 bytes each
+        out.write("LISTENER  ACCEPTS\n")
+        out.write("x" * 81 + "\n")
+        out.flush()
+    time.sleep(0.1)
+    assert writer.pending_bytes() == 300
+    out.write("y" * 99 + "\n")
+    out.flush()  # does not fit: dropped whole, not cut
+    assert writer.pending_bytes() == 300
+    assert writer.dropped_lines() == 0  # tables are not events
+    os.read(r, 65536)
+    assert writer.flush(5.0)
+    writer.close()
+    os.close(w)
+    assert read_all(r) == (b"LISTENER  ACCEPTS\n" + b"x" * 81 + b"\n") * 3
+    os.close(r)

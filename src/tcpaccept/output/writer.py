@@ -263,3 +263,23 @@ def _unwritten(chunk: _Chunk, written: int) -> int:
     if newlines != chunk.events:
         return chunk.events if written < len(chunk.data) else 0
     return newlines - chunk.data.count(b"\n", 0, written)
+
+
+class BufferedText:
+    """A TextIO front for code that writes a report in pieces and then flush()es (the
+    summary tables): the pieces reach the writer together at flush, so a stalled reader
+    loses whole tables, never half of one, and the caller never blocks."""
+
+    def __init__(self, writer: OutputWriter) -> None:
+        self._writer = writer
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._writer.write_lines(text, 0)  # not events: kept or dropped whole
