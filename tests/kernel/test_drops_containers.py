@@ -21,7 +21,6 @@ import pytest
 from tcpaccept.drops import ListenerDropMonitor
 from tests.support.containers import Podman, RunningContainer, unique_name
 from tests.support.netns import NetNamespace
-from tests.support.overflow import flood_address
 
 pytestmark = pytest.mark.kernel
 
@@ -58,10 +57,7 @@ def stopped(container: RunningContainer) -> Iterator[None]:
 
 
 def flood(ns: NetNamespace, count: int) -> int:
-    before = ns.listen_overflows()[0]
-    ns.run(lambda: flood_address(socket.AF_INET, ("127.0.0.1", PORT), count,
-                                 ns.listen_overflows))
-    return ns.listen_overflows()[0] - before
+    return ns.flood(PORT, count, backlog=HTTPD_BACKLOG)
 
 
 def comm_of(pid: int) -> str:

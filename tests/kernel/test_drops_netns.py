@@ -20,7 +20,6 @@ from tcpaccept.drops.abi import request_body
 from tcpaccept.drops.namespaces import open_in_namespace
 from tests.support import netns as netns_support
 from tests.support.netns import NetNamespace
-from tests.support.overflow import flood_address, read_listen_overflows
 from tests.support.servers import Server, start_server
 
 pytestmark = pytest.mark.kernel
@@ -44,11 +43,8 @@ def socket_inode(server: Server) -> int:
 
 
 def flood_inside(ns: NetNamespace, port: int, count: int = FLOOD) -> int:
-    """Overflow 127.0.0.1:port of the namespace; returns its ListenOverflows delta."""
-    before = ns.listen_overflows()[0]
-    ns.run(lambda: flood_address(socket.AF_INET, ("127.0.0.1", port), count,
-                                 ns.listen_overflows))
-    return ns.listen_overflows()[0] - before
+    """Overflow the backlog-1 127.0.0.1:port of the namespace; its ListenOverflows delta."""
+    return ns.flood(port, count, backlog=1)
 
 
 def test_drops_in_another_namespace_are_reported_with_its_inode_and_owner(
@@ -73,25 +69,25 @@ def test_drops_in_another_namespace_are_reported_with_its_inode_and_owner(
     assert report.container is None and report.time_ns > 0
 
 
-def test_same_port_in_two_namespaces_reported_apart(namespace: NetNamespace) -> None:
-    host = socket.socket()
-    host.bind(("127.0.0.1", 0))
-    host.listen(1)
-    port = host.getsockname()[1]
-    try:
-        with start_server(backlog=1, comm=COMM, netns=namespace.name, port=port) as server, \
-                ListenerDropMonitor(frozenset({port})) as monitor:
-            monitor.poll()
-            before = read_listen_overflows()[0]
-            flood_address(socket.AF_INET, ("127.0.0.1", port), 7)
-            expected_host = read_listen_overflows()[0] - before
-            expected_ns = flood_inside(namespace, port)
-            got = {r.netns: (r.dropped, r.pid) for r in monitor.poll()}
-    finally:
-        host.close()
-    assert expected_host == 7 - 2 and expected_ns >= FLOOD - 2
-    assert got == {own_netns(): (expected_host, os.getpid()),
-                   namespace.inode: (expected_ns, server.pid)}
+@pytest.fixture
+def other_namespace() -> Iterator[NetNamespace]:
+    yield from netns_support.create()
+
+
+def test_same_port_in_two_namespaces_reported_apart(
+    namespace: NetNamespace, other_namespace: NetNamespace
+) -> None:
+    with start_server(backlog=1, comm=COMM, netns=namespace.name) as first, \
+            start_server(backlog=1, comm="nsdropsrv2", netns=other_namespace.name,
+                         port=first.port) as second, \
+            ListenerDropMonitor(frozenset({first.port})) as monitor:
+        monitor.poll()
+        expected_first = flood_inside(namespace, first.port, 7)
+        expected_second = flood_inside(other_namespace, second.port)
+        got = {r.netns: (r.dropped, r.pid, r.comm) for r in monitor.poll()}
+    assert expected_first == 7 - 2 and expected_second == FLOOD - 2
+    assert got == {namespace.inode: (expected_first, first.pid, COMM),
+                   other_namespace.inode: (expected_second, second.pid, "nsdropsrv2")}
 
 
 def test_namespace_created_after_start_reports_all_drops_then_is_dropped() -> None:

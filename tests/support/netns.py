@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 import threading
 import uuid
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from tests.support.overflow import Counters, parse_listen_overflows
+from tests.support.overflow import Counters, flood_address, parse_listen_overflows
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -38,6 +39,26 @@ class NetNamespace:
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout
         return parse_listen_overflows(text, f"/proc/net/netstat in netns {self.name}")
+
+    def accept_queue(self, port: int) -> int:
+        """Recv-Q of the namespace's TCP listener on ``port``: its accept queue length."""
+        out = subprocess.run(
+            [*self._enter, "ss", "-ltnH", f"sport = :{port}"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.split()
+        if len(out) < 2:
+            raise AssertionError(f"no listener on port {port} in netns {self.name}")
+        return int(out[1])
+
+    def flood(self, port: int, count: int, backlog: int) -> int:
+        """``count`` connects to 127.0.0.1:port inside, the queue filled first (see
+        overflow.flood_address); the clients are closed after. Returns the namespace's
+        ListenOverflows delta."""
+        before = self.listen_overflows()[0]
+        self.run(lambda: flood_address(socket.AF_INET, ("127.0.0.1", port), count,
+                                       self.listen_overflows, fill=backlog + 1,
+                                       queued=lambda: self.accept_queue(port)))
+        return self.listen_overflows()[0] - before
 
     def run(self, work: Callable[[], T]) -> T:
         """work() on a thread switched into the namespace; sockets it creates stay there."""

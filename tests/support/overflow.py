@@ -46,11 +46,28 @@ def flood_address(
     address: tuple,
     count: int = 20,
     overflows: Callable[[], Counters] = read_listen_overflows,
+    fill: int = 0,
+    queued: Callable[[], int] | None = None,
 ) -> None:
-    """Connects from the calling thread's namespace; ``overflows`` reads that namespace's."""
+    """Connects from the calling thread's namespace; ``overflows`` reads that namespace's.
+
+    With ``fill`` (the queue's capacity, backlog + 1) and ``queued`` (the listener's accept
+    queue length), the first ``fill`` connections complete, one at a time, before the rest
+    are sent: then every later SYN meets a full queue (1 sk_drop, 1 ListenOverflow). Sent all
+    at once, two handshakes can race for the last place when the machine is busy (softirqs
+    deferred), and the loser's ACK counts 2 sk_drops for 1 ListenOverflow.
+    """
+    capacity = fill
+    if queued is not None:
+        fill = max(0, capacity - queued())  # a queue still full from an earlier flood
     clients = []
     try:
-        for _ in range(count):
+        for _ in range(fill):
+            client = socket.create_connection(address, timeout=5)
+            clients.append(client)
+        if queued is not None:
+            _wait_for(lambda: queued() >= capacity, f"{capacity} connections queued")
+        for _ in range(count - fill):
             client = socket.socket(family, socket.SOCK_STREAM)
             clients.append(client)
             client.setblocking(False)
@@ -61,6 +78,14 @@ def flood_address(
         for client in clients:
             client.close()
     wait_quiet(overflows)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout} s: {what}")
+        time.sleep(0.01)
 
 
 def wait_quiet(overflows: Callable[[], Counters] = read_listen_overflows,
