@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import subprocess
 import time
 from typing import Callable
 
@@ -37,8 +38,22 @@ def read_listen_overflows(path: str = "/proc/net/netstat") -> Counters:
 
 
 def flood(server: socket.socket, count: int = 20) -> None:
-    """``count`` non-blocking connects to ``server`` (in this namespace), then close them."""
-    flood_address(server.family, server.getsockname()[:2], count)
+    """``count`` connects to ``server`` (in this namespace), the queue filled first, then
+    close them all."""
+    port = server.getsockname()[1]
+    family = "-4" if server.family == socket.AF_INET else "-6"
+
+    def queue() -> tuple[int, int]:
+        """(Recv-Q, Send-Q) of a listener: its accept queue length and listen() backlog."""
+        out = subprocess.run(["ss", "-ltnH", family, f"sport = :{port}"],
+                             capture_output=True, text=True, check=True, timeout=10).stdout
+        fields = out.split()
+        if len(fields) < 3:
+            raise AssertionError(f"no listener on port {port}")
+        return int(fields[1]), int(fields[2])
+
+    flood_address(server.family, server.getsockname()[:2], count, fill=queue()[1] + 1,
+                  queued=lambda: queue()[0])
 
 
 def flood_address(
