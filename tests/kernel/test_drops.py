@@ -5,8 +5,10 @@ accept queue (a backlog of 1 holds 2), and every later SYN is refused, which cou
 the listener's sk_drops and once in TcpExt ListenOverflows. The clients are closed before
 measuring: a refused client retransmits its SYN after 1 s, 3 s, ... and each retry would be
 one more overflow, so closing them (a socket in SYN-SENT just vanishes) freezes the counts.
-The ListenOverflows delta is system-wide, so the box must otherwise be quiet; the window
-it is measured over is the one between the two polls.
+The ListenOverflows delta counts the whole host network namespace, so the host must
+otherwise be quiet (no other listener overflowing meanwhile); the window it is measured over
+is the one between the two polls. test_drops_netns.py and test_drops_cli.py use namespaces
+of their own instead, where nothing else runs.
 """
 
 from __future__ import annotations
