@@ -268,3 +268,125 @@ def test_a_non_utf8_stdout_and_a_unicode_name_is_no_traceback(encoding: str,
     assert proc.returncode == 0, tracer.stderr
     rows = [line for line in stdout.splitlines() if f" {port} " in line]
     assert len(rows) == 1 and "nginx\\u2192" in rows[0], stdout
+
+
+# -- the metrics endpoint (issue 14 item 5), through the command --
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int, path: str = "/metrics", context=None) -> tuple[int, bytes]:
+    import http.client
+
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+            if context else http.client.HTTPConnection("127.0.0.1", port, timeout=5))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_agent(*args: str, nofile: int = 0, prefix: tuple[str, ...] = ()) -> StderrRun:
+    """tcpaccept -q --metrics ...: the banner goes to stderr."""
+    def limit() -> None:
+        if nofile:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = subprocess.Popen([*prefix, *tcpaccept_command("-q", *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit)
+    run = StderrRun(proc)
+    if not wait_for(lambda: BANNER in run.stderr or proc.poll() is not None, 30) \
+            or BANNER not in run.stderr:
+        run.finish()
+        raise AssertionError(f"tcpaccept did not start: {run.stderr}")
+    return run
+
+
+def stop(run: StderrRun) -> int:
+    run.proc.send_signal(signal.SIGINT)
+    try:
+        return run.proc.wait(10)
+    finally:
+        run.finish()
+
+
+def test_a_thousand_idle_metrics_connections_leave_scrapes_answering_and_cpu_idle() -> None:
+    port = free_port()
+    # An fd limit well under the idle clients: the endpoint must bound itself, not spin.
+    # -P on a port nobody uses: the host's other accept traffic costs the tracer nothing,
+    # so what CPU it uses is the endpoint's.
+    agent = start_agent("--metrics", f"127.0.0.1:{port}", "-P", str(free_port()), nofile=512)
+    idle: list[socket.socket] = []
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 1400)), hard))
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(1000)]
+        time.sleep(0.5)
+        fds = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+        before = cpu_seconds(agent.proc.pid)
+        time.sleep(2.0)
+        idle_cpu = cpu_seconds(agent.proc.pid) - before
+        statuses = [scrape(port)[0] for _ in range(5)]
+        missing = scrape(port, "/favicon.ico")[0]
+    finally:
+        for sock in idle:
+            sock.close()
+        code = stop(agent)
+    print(f"\n1000 idle metrics connections: tracer fds={fds}, CPU over 2 s={idle_cpu:.3f} s")
+    assert statuses == [200] * 5
+    assert missing == 404
+    assert idle_cpu < 0.1, f"the tracer used {idle_cpu:.2f} s of CPU in 2 s with idle clients"
+    assert fds < 200, fds
+    assert code == 0, agent.stderr
+    assert "Traceback" not in agent.stderr
+
+
+def test_metrics_over_tls_with_a_certificate_made_by_openssl(tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = free_port()
+    with accept_load() as load_port:
+        agent = start_agent("--metrics", f"127.0.0.1:{port}", "--metrics-tls-cert", str(cert),
+                            "--metrics-tls-key", str(key), "-P", str(load_port))
+        try:
+            context = ssl.create_default_context(cafile=str(cert))
+            assert wait_for(lambda: b"tcpaccept_accepts_total{" in
+                            scrape(port, context=context)[1], 10)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+                plain.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                with contextlib.suppress(ConnectionResetError):
+                    assert b"tcpaccept_accepts" not in plain.recv(65536)
+        finally:
+            code = stop(agent)
+    assert code == 0, agent.stderr
+
+
+def test_a_wildcard_metrics_bind_prints_one_warning_line() -> None:
+    """In a fresh network namespace: 0.0.0.0 there reaches nobody while the test runs."""
+    port = free_port()
+    agent = start_agent("--metrics", f"0.0.0.0:{port}", prefix=("unshare", "--net"))
+    code = stop(agent)
+    warnings = [line for line in agent.stderr.splitlines() if "warning: --metrics" in line]
+    assert len(warnings) == 1, agent.stderr
+    assert warnings[0].startswith(f"tcpaccept: warning: --metrics 0.0.0.0:{port} ")
+    assert "process names" in warnings[0]
+    assert code == 0, agent.stderr
