@@ -96,6 +96,11 @@ def tax(values: list[dict[str, float]], base: list[dict[str, float]],
     return statistics.median(v[key] for v in values), statistics.median(differences), differences
 
 
+def loaded_programs() -> list[dict]:
+    return json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                     text=True, check=True).stdout)
+
+
 def program_cost(program: Path, nops: int) -> dict[str, Optional[float]]:
     """ns per invocation of each io_uring program, from the kernel's BPF run-time stats."""
     previous = BPF_STATS.read_text().strip()
@@ -103,8 +108,7 @@ def program_cost(program: Path, nops: int) -> dict[str, Optional[float]]:
     tracer = Tracer(VARIANTS["io_uring"] or [])
     try:
         nop_loop(program, nops)
-        shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                          text=True, check=True).stdout)
+        shown = loaded_programs()
     finally:
         tracer.stop()
         BPF_STATS.write_text(previous)
@@ -135,6 +139,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"iouring_tax: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    # Another tracer's io_uring hooks would tax the "untraced" runs too: say so.
+    others = sum(p.get("name", "").startswith("iouring_comple") for p in loaded_programs())
+    if others:
+        print(f"note: {others} io_uring_complete hook(s) of other tracers are loaded: "
+              "every variant pays for them", file=sys.stderr)
     try:
         results = measure(program, args.nops, args.rounds)
         per_program = program_cost(program, args.nops)
