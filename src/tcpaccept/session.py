@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Iterator, Optional, Sequence, TextIO
+from typing import Callable, Optional, Sequence, TextIO
 
 from . import iouring, libbpf, preflight, probes
 from .config import Config, OutputConfig
@@ -22,8 +22,9 @@ from .drops import DropMonitorError, ListenerDropMonitor
 from .errors import TcpacceptError
 from .model import Drop
 from .output.json_lines import JsonFormatter
-from .output.lines import LineSink
+from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextOutput
 from .output.text import TextFormatter
+from .output.writer import BufferedText, OutputWriter
 from .run import BANNER, StopFlag, run
 from .sink import LostNotices, Sink, Tee
 from .summary import SummarySink
@@ -56,12 +57,12 @@ def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
     libbpf.set_print((lambda _level, line: log(f"libbpf: {line}")) if verbose else None)
 
 
-def build_output_sink(output: OutputConfig, out: TextIO, start_ns: int,
+def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
                       resolver: Optional[ContainerResolver] = None) -> Sink:
     """The sink that prints: summary tables, JSON lines or the seed's text lines."""
     notices = LostNotices(sys.stderr)
     if output.summary_interval:
-        return SummarySink(out, output.summary_interval, output.json, notices)
+        return SummarySink(BufferedText(out), output.summary_interval, output.json, notices)
     cgroup_path = None
     if output.extended and resolver is not None:
         def cgroup_path(cgroup_id: int) -> str:
@@ -115,21 +116,18 @@ class FilteredDrops:
         return fetch() if fetch is not None else []
 
 
-@contextlib.contextmanager
-def _metrics_server(registry: object, address: tuple[str, int]) -> Iterator[None]:
-    from prometheus_client import start_http_server
+def _metrics_server(registry: object, output: OutputConfig) -> contextlib.AbstractContextManager:
+    from .metrics_server import MetricsServer, warn_if_exposed
 
+    address, port = output.metrics
     try:
-        server, _thread = start_http_server(address[1], address[0], registry=registry)
+        server = MetricsServer(address, port, registry, output.metrics_tls_cert,
+                               output.metrics_tls_key)
     except OSError as exc:
-        raise TcpacceptError(
-            f"--metrics {address[0]}:{address[1]}: cannot listen: {exc.strerror}"
-        ) from None
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
+        raise TcpacceptError(f"--metrics {address}:{port}: cannot listen: "
+                             f"{exc.strerror or exc}") from None
+    warn_if_exposed(address, port, sys.stderr)
+    return server
 
 
 def _open_drop_monitor(config: Config) -> ListenerDropMonitor:
@@ -147,13 +145,29 @@ def _needs_containers(config: Config, output: OutputConfig) -> bool:
                 or config.containers)
 
 
+def _open_output(out: Optional[TextIO]) -> Output:
+    """stdout through the writer thread (a stalled reader never blocks the loop or the
+    signals); a caller's TextIO (tests, benchmarks) directly."""
+    if out is not None:
+        return TextOutput(out)
+    sys.stdout.flush()
+    return OutputWriter(sys.stdout.fileno())
+
+
+def _finish_output(lines_out: Output) -> None:
+    """Give queued lines (summary tables at exit) a moment to reach a reader that reads."""
+    try:
+        lines_out.flush(CLOSE_TIMEOUT_S, idle_s=CLOSE_IDLE_S)
+    finally:
+        lines_out.close()
+
+
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
-    out = out or sys.stdout
     _prepare(output.verbose)
     stop = StopFlag()
     stop.install()
     # Only JSON (or nothing, with --quiet) goes to stdout; the banner then goes to stderr.
-    messages = sys.stderr if output.json or output.quiet else out
+    messages = sys.stderr if output.json or output.quiet else (out or sys.stdout)
     try:
         with contextlib.ExitStack() as owned:
             tracer = owned.enter_context(Tracer(config, _stderr_logger(output.verbose)))
@@ -185,10 +199,12 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
 
                 metrics = MetricsSink()
-                owned.enter_context(_metrics_server(metrics.registry, output.metrics))
+                owned.enter_context(_metrics_server(metrics.registry, output))
                 sinks.append(metrics)
             print(BANNER, file=messages, flush=True)
-            sinks.append(build_output_sink(output, out, time.time_ns(), resolver))
+            lines_out = _open_output(out)
+            owned.callback(_finish_output, lines_out)  # after the sinks' last words
+            sinks.append(build_output_sink(output, lines_out, time.time_ns(), resolver))
             sink = owned.enter_context(contextlib.closing(
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
             run(tracer, decoder.decode, sink, stop, _warn, count=output.count,
