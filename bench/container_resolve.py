@@ -14,7 +14,8 @@ cgroup2 tree (a busy node's tree; removed at the end), and measures with
 - a cached lookup (container, host cgroup, the root id with the /proc/PID fallback), and
   floods of unknown ids: with file handles each id costs one open_by_handle_at, once;
   without them the walk is rate-limited (the walks are counted);
-- ``cgroup_ids_for`` with a walk, i.e. what the filter refresh costs once a second.
+- ``cgroup_ids_for``, i.e. what the filter refresh costs once a second: when nothing
+  changed (inotify says so: no walk) and after a cgroup was made and removed (a walk).
 Exit 1 if a container does not resolve to its own name; 2 if podman cannot run.
 """
 
@@ -184,15 +185,40 @@ def measure(containers: list[RunningContainer], extra_cgroups: int, repeat: int,
     ids = refreshing.cgroup_ids_for(selector)
     if ids != {cgroup_id}:
         raise SystemExit(f"cgroup_ids_for({target.name}) = {ids}, expected {{{cgroup_id}}}")
-    figures["cgroup_ids_for, walk included (µs)"] = median_us(
-        lambda: refreshing.cgroup_ids_for(selector), repeat)
+    if not refreshing.cgroups.watch_changes():
+        raise SystemExit("inotify is not available: every filter refresh walks the tree")
+    probe = os.path.join(root, f"tcpa-bench-probe-{secrets.token_hex(4)}")
 
+    def after_a_change() -> object:
+        os.mkdir(probe)  # timed too: a few µs
+        os.rmdir(probe)
+        return refreshing.cgroup_ids_for(selector)
+
+    refreshing.cgroup_ids_for(selector)
+    figures["cgroup_ids_for, nothing changed (µs)"] = median_us(
+        lambda: refreshing.cgroup_ids_for(selector), repeat)
+    figures["cgroup_ids_for after a cgroup was made (walk, µs)"] = median_us(
+        after_a_change, repeat)
     with BusyTree(extra_cgroups):
         busy = CgroupTree(root)
         figures[f"walk with +{extra_cgroups} kubelet-like cgroups (µs)"] = median_us(
             busy.walk, repeat)
-        figures[f"cgroup_ids_for with +{extra_cgroups} cgroups (µs)"] = median_us(
-            lambda: refreshing.cgroup_ids_for(selector), repeat)
+        refreshing.cgroup_ids_for(selector)
+        refreshing.cgroup_ids_for(selector)
+        # the extra "containers" have no state files: no names. For name_wait_s (10 s)
+        # after they are first seen a name may still come, so every call matches again;
+        # after that the match is cached until the tree changes
+        figures[f"cgroup_ids_for, +{extra_cgroups} unnamed, nothing changed, first 10 s (µs)"
+                ] = median_us(lambda: refreshing.cgroup_ids_for(selector), repeat)
+        settled = ContainerResolver(min_walk_interval_s=0, name_wait_s=0)
+        settled.cgroup_ids_for(selector)
+        settled.cgroup_ids_for(selector)
+        figures[f"cgroup_ids_for, +{extra_cgroups}, nothing changed, settled (µs)"] = median_us(
+            lambda: settled.cgroup_ids_for(selector), repeat)
+        settled.close()
+        figures[f"cgroup_ids_for, +{extra_cgroups}, after a cgroup was made (µs)"] = median_us(
+            after_a_change, repeat)
+    refreshing.close()
     return figures
 
 

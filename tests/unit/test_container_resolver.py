@@ -201,3 +201,34 @@ def test_paths_learned_without_a_walk_are_forgotten_after_the_ttl(tmp_path: Path
 
 def test_a_stand_in_tree_is_not_taken_for_cgroup2_by_file_handles(node: Node) -> None:
     assert node.resolver.handles is None  # so these tests exercise the walk
+
+
+def test_filter_refresh_walks_only_when_inotify_saw_a_change(node: Node) -> None:
+    a = node.podman(ID_A, "web-a")
+    selector = Selector.from_flags(container="web-a,web-b")
+    assert node.resolver.cgroup_ids_for(selector) == {a}
+    node.clock.now += 1
+    node.resolver.cgroup_ids_for(selector)  # the first walk added watches: walk once more
+    settled = node.resolver.cgroups.walks
+    for _ in range(5):
+        node.clock.now += 1
+        assert node.resolver.cgroup_ids_for(selector) == {a}
+    assert node.resolver.cgroups.walks == settled
+    b = node.podman(ID_B, "web-b")
+    node.clock.now += 1
+    assert node.resolver.cgroup_ids_for(selector) == {a, b}
+    assert node.resolver.cgroups.walks == settled + 1
+    node.cgroup(f"/libpod_parent/libpod-{ID_B}/deeper")  # in a directory watched since
+    node.clock.now += 1
+    node.resolver.cgroup_ids_for(selector)
+    node.clock.now += 1
+    assert len(node.resolver.cgroup_ids_for(selector)) == 3
+
+
+def test_names_are_awaited_for_name_wait_s_only(node: Node) -> None:
+    cgroup_id = node.cgroup(f"/libpod_parent/libpod-{ID_A}")  # plain: no state, no name
+    node.resolver.resolve(cgroup_id)
+    for _ in range(15):
+        node.clock.now += 1
+        node.resolver.resolve(cgroup_id)
+    assert node.resolver.state_reads == 10  # first read + one a second for 9 more seconds

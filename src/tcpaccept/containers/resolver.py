@@ -5,7 +5,8 @@ cgroup finds its path with one open_by_handle_at (handles.py; a rate-limited wal
 that is refused) and the first lookup of a container reads one or two small JSON files.
 So: one entry per cgroup id (containers and host cgroups alike: the negative cache; ids
 of cgroups already gone are remembered too), one per container id, names re-read at most
-once per ``name_retry_s`` while a runtime has not written them yet, and entries of
+once per ``name_retry_s`` during ``name_wait_s`` after the container was first seen
+(runtimes write them before the container starts; plain containerd never does), entries of
 removed cgroups kept for ``ttl_gone_s`` so events that were queued before the removal
 still name their container. Every ``HOUSEKEEPING_CALLS`` lookups the resolver checks
 whether the tree was walked in the last ``housekeeping_s``, and walks it if not: that is
@@ -43,6 +44,10 @@ class _Named:
     container: Container
     read_at: float
     runtime_hint: Optional[str]
+    first_seen: float
+
+    def awaits_name(self, now: float, wait_s: float) -> bool:
+        return self.container.name is None and now - self.first_seen < wait_s
 
 
 class ContainerResolver:
@@ -54,7 +59,7 @@ class ContainerResolver:
 
     def __init__(self, host_root: str = "/", ttl_gone_s: float = 600.0, *,
                  cgroup_root: Optional[str] = None, min_walk_interval_s: float = 0.5,
-                 name_retry_s: float = 1.0, pid_ttl_s: float = 5.0,
+                 name_retry_s: float = 1.0, name_wait_s: float = 10.0, pid_ttl_s: float = 5.0,
                  housekeeping_s: float = 60.0, file_handles: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.host_root = host_root
@@ -74,6 +79,7 @@ class ContainerResolver:
         self._proc_root = host_proc if os.path.isdir(os.path.join(host_proc, "1")) else "/proc"
         self._clock = clock
         self._name_retry_s = name_retry_s
+        self._name_wait_s = name_wait_s
         self._pid_ttl_s = pid_ttl_s
         self._by_cgroup: dict[int, _Resolved] = {}
         self._by_container: dict[str, _Named] = {}
@@ -137,8 +143,9 @@ class ContainerResolver:
     def _container(self, match: PathMatch) -> Container:
         named = self._by_container.get(match.container_id)
         if named is None:
-            named = _Named(self._read_state(match.container_id, match.runtime),
-                           self._clock(), match.runtime)
+            now = self._clock()
+            named = _Named(self._read_state(match.container_id, match.runtime), now,
+                           match.runtime, now)
             self._by_container[match.container_id] = named
         return named.container
 
@@ -153,7 +160,8 @@ class ContainerResolver:
         if named is None:
             return container
         now = self._clock()
-        if named.container.name is None and now - named.read_at >= self._name_retry_s:
+        if named.awaits_name(now, self._name_wait_s) and \
+                now - named.read_at >= self._name_retry_s:
             named.container = self._read_state(container.id, named.runtime_hint)
             named.read_at = now
         self._by_cgroup[cgroup_id] = named.container
@@ -206,13 +214,17 @@ class ContainerResolver:
         cached = self._selected.get(selector)
         if cached is not None and cached[0] == self.cgroups.walks:
             return set(cached[1])
-        wanted, unnamed = set(), False
+        wanted, awaiting = set(), False
+        now = self._clock()
         for cgroup_id, _path in self.cgroups.present():
             container = self.resolve(cgroup_id)
-            unnamed = unnamed or (container is not None and container.name is None)
             if selector.matches(container):
                 wanted.add(cgroup_id)
-        if not unnamed:  # else: names may still come, so match again next time
+            elif container is not None and container.name is None:
+                named = self._by_container.get(container.id)
+                awaiting = awaiting or (named is not None
+                                        and named.awaits_name(now, self._name_wait_s))
+        if not awaiting:  # else: a name may still come, so match again next time
             self._selected[selector] = (self.cgroups.walks, frozenset(wanted))
         return wanted
 
