@@ -178,7 +178,8 @@ def _our_program_ids() -> set[int]:
 OUR_PROGRAM_NAMES = {name[:15] for name in (
     "tp_exit_accept4", "tp_exit_accept", "tp_enter_accept4", "tp_enter_accept",
     "stamp_established", "fexit_inet_csk_accept", "fexit_inet_csk_accept_pre_6_10",
-    "kprobe_inet_csk_accept", "kretprobe_inet_csk_accept")}
+    "kprobe_inet_csk_accept", "kretprobe_inet_csk_accept", "iouring_submit_req",
+    "iouring_complete", "iouring_complete_pre_6_13", "iouring_cqe_overflow")}
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
