@@ -19,7 +19,22 @@ def bpf_works() -> None:
                     pytrace=False)
 
 
+# Modules that need this host's real components (podman and the other container runtimes,
+# a full-speed machine for load and memory bounds) rather than a particular kernel or
+# attach method: the qemu kernel matrix (tests/vm) runs every other module of this
+# directory in each guest with each method forced, and leaves these to the host run.
+HOST_ONLY_MODULES = {
+    "test_containers.py",  # podman
+    "test_container_resolver.py",  # podman, docker, containerd
+    "test_drops_containers.py",  # podman
+    "test_bounded_state.py",  # tens of thousands of connections and RSS bounds
+    "test_hardening.py",  # sustained accept load against a stalled reader
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/kernel/" in str(item.fspath):
             item.add_marker(pytest.mark.kernel)
+            if item.fspath.basename in HOST_ONLY_MODULES:
+                item.add_marker(pytest.mark.host_only)
