@@ -96,7 +96,8 @@ class FilteredDrops:
     def _wanted(self, reports: Sequence[Drop]) -> list[Drop]:
         c = self.config
         wanted = [r for r in reports
-                  if (not c.pids or r.pid in c.pids) and (c.comm is None or r.comm == c.comm)]
+                  if (not c.pids or r.pid in c.pids) and (c.comm is None or r.comm == c.comm)
+                  and (c.netns is None or r.netns == c.netns)]
         if self.resolver is not None:
             for_pid = self.resolver.for_pid
             wanted = [dataclasses.replace(r, container=for_pid(r.pid))

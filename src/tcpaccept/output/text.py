@@ -85,6 +85,7 @@ class TextFormatter:
             report.pid if report.pid is not None else "-", escape_text(report.comm or "?"),
             "DROP", "-", report.laddr, report.lport,
             f"{report.backlog}/{report.backlog_max} dropped={report.dropped}"
+            + (f" netns={report.netns}" if self.extended and report.netns else "")
             + (f" container={_container(report.container)}" if report.container else ""),
         )
 
