@@ -390,3 +390,42 @@ def test_a_wildcard_metrics_bind_prints_one_warning_line() -> None:
     assert warnings[0].startswith(f"tcpaccept: warning: --metrics 0.0.0.0:{port} ")
     assert "process names" in warnings[0]
     assert code == 0, agent.stderr
+
+
+# -- issue 14 item 7: bad pinned maps exit 2, an empty CPU list is one line --
+
+@pytest.fixture
+def pinned_array() -> Iterator[str]:
+    """A pinned BPF map of the wrong type for bcc's --cgroupmap (an array, 4-byte keys)."""
+    path = f"/sys/fs/bpf/tcpaccept-test-array-{os.getpid()}"
+    subprocess.run(["bpftool", "map", "create", path, "type", "array", "key", "4", "value",
+                    "8", "entries", "1", "name", "tcpa_test_arr"], check=True)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@pytest.mark.parametrize("which", ["wrong map type", "not a map"])
+def test_a_bad_pinned_map_is_one_line_and_exit_2(pinned_array: str, which: str) -> None:
+    path = pinned_array if which == "wrong map type" else "/etc/hostname"
+    result = subprocess.run(tcpaccept_command("--cgroupmap", path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"tcpaccept: --cgroupmap {path}: "), result.stderr
+    assert result.returncode == 2, result.stderr
+
+
+def test_an_empty_cpu_list_is_one_line() -> None:
+    """/sys/devices/system/cpu/possible replaced by an empty file, in a private mount
+    namespace: the tracer must say so in one line, not with a traceback."""
+    with tempfile.NamedTemporaryFile() as empty:
+        script = (f"mount --bind {empty.name} /sys/devices/system/cpu/possible && "
+                  f"exec {' '.join(tcpaccept_command('-d', '1'))}")
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                 script], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcpaccept: "), result.stderr
+    assert "/sys/devices/system/cpu/possible" in lines[0]
+    assert result.returncode != 0
