@@ -128,6 +128,7 @@ def test_root_cgroup_id_falls_back_to_proc_pid_cgroup(node: Node) -> None:
                                  clock=node.clock)
     assert resolver.resolve(1, 4242) == Container(ID_A, "api", runtime="docker")
     assert resolver.resolve(1) is None  # no pid: nothing to go on
+    assert resolver.resolve(987654321, 4242) == Container(ID_A, "api", runtime="docker")
     assert resolver.resolve(1, 999999) is None  # the process is gone
 
 

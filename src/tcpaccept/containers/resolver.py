@@ -90,7 +90,8 @@ class ContainerResolver:
     def resolve(self, cgroup_id: int, pid: Optional[int] = None) -> Optional[Container]:
         """The container of the cgroup, or None (a host process, or not known). The pid
         is used where the id cannot say: the root cgroup's id (a cgroup v1-only host, or
-        a process left in the v2 root of a hybrid host) or an id no walk has seen."""
+        a process left in the v2 root of a hybrid host) or an id whose cgroup is not found
+        (gone before its first event; without file handles, made since the last walk)."""
         self._calls += 1
         if self._calls % HOUSEKEEPING_CALLS == 0 and \
                 self.cgroups.seconds_since_walk() >= self._housekeeping_s:
