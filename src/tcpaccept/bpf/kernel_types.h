@@ -101,6 +101,26 @@ struct nsproxy {
 	struct mnt_namespace *mnt_ns;
 };
 
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+};
+
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
 struct task_struct {
 	void *stack;
 	unsigned int flags; /* PF_* */
@@ -108,6 +128,8 @@ struct task_struct {
 	int tgid;
 	struct task_struct *group_leader;
 	char comm[16];
+	const struct cred *cred;
+	struct css_set *cgroups;
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
 };

@@ -222,19 +222,40 @@ static __always_inline void count_lost(void)
 
 #include "aggregate.bpf.h"
 
-static __always_inline int emit_accept(struct sock *child, struct sock *listener, __s32 fd,
-				       __s32 listen_fd, __u8 probe)
+/* A kernel field: loaded straight through a BTF pointer when `direct` (the verifier checks
+ * the access; no helper call), else read with bpf_probe_read_kernel. `direct` is a constant
+ * at every call site (all is inlined): each program is compiled with only one of the two.
+ * ___arrow is bpf_core_read.h's "a->b->c" builder, the one BPF_CORE_READ itself uses. */
+#define KREAD(direct, src, ...) \
+	((direct) ? ___arrow((src), __VA_ARGS__) : BPF_CORE_READ((src), __VA_ARGS__))
+
+/* Retypes a pointer for direct loads (6.2; the verifier turns the call into a move). */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
+
+static __always_inline struct mptcp_sock *mptcp_btf(struct sock *sk)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	return bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct mptcp_sock));
+}
+
+/* One event from a child socket (and its listener, if known). With `direct`, both are BTF
+ * pointers and the task is read through bpf_get_current_task_btf() instead of helpers (the
+ * BTF-walking tracepoint); otherwise they are plain kernel addresses (emit_accept). */
+static __always_inline int build_accept(struct sock *child, struct sock *listener, __s32 fd,
+					__s32 listen_fd, __u8 probe, const bool direct)
+{
+	struct task_struct *task = direct ? bpf_get_current_task_btf() : NULL;
+	__u64 id = direct ? (__u64)task->tgid << 32 | (__u32)task->pid
+			  : bpf_get_current_pid_tgid();
 	__u16 family, protocol;
 	struct accept_event *e;
 
 	if (!child)
 		return 0;
-	family = BPF_CORE_READ(child, __sk_common.skc_family);
+	family = KREAD(direct, child, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	protocol = BPF_CORE_READ_BITFIELD_PROBED(child, sk_protocol);
+	/* A u16 since 5.6, a bitfield before; `direct` needs 6.2, so it is the u16. */
+	protocol = direct ? child->sk_protocol : BPF_CORE_READ_BITFIELD_PROBED(child, sk_protocol);
 	/* An MPTCP listener's accept() hands out the MPTCP socket (it carries the first
 	 * subflow's addresses): it is a TCP connection to every user and every filter. fexit
 	 * and kprobe never see it here: inet_csk_accept returns the TCP subflow. */
@@ -247,24 +268,27 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 		struct sock *subflow;
 
 		if (protocol == IPPROTO_MPTCP) {
-			subflow = BPF_CORE_READ((struct mptcp_sock *)child, first);
+			subflow = direct ? mptcp_btf(child)->first
+					 : BPF_CORE_READ((struct mptcp_sock *)child, first);
 			if (subflow)
 				child = subflow;
 		}
-		if (listener && BPF_CORE_READ_BITFIELD_PROBED(listener, sk_protocol) == IPPROTO_MPTCP) {
-			subflow = BPF_CORE_READ((struct mptcp_sock *)listener, first);
+		if (listener && (direct ? listener->sk_protocol
+				: BPF_CORE_READ_BITFIELD_PROBED(listener, sk_protocol)) == IPPROTO_MPTCP) {
+			subflow = direct ? mptcp_btf(listener)->first
+					 : BPF_CORE_READ((struct mptcp_sock *)listener, first);
 			if (subflow)
 				listener = subflow;
 		}
 	}
 
 	/* The listener's port: a child reset before accept() has had its own cleared. */
-	__u16 lport = BPF_CORE_READ(listener ? listener : child, __sk_common.skc_num);
+	__u16 lport = KREAD(direct, listener ? listener : child, __sk_common.skc_num);
 
 	if (filter_lport && !bpf_map_lookup_elem(&lport_filter, &lport))
 		return 0;
 
-	__u32 netns = BPF_CORE_READ(child, __sk_common.skc_net.net, ns.inum);
+	__u32 netns = KREAD(direct, child, __sk_common.skc_net.net, ns.inum);
 
 	if (filter_netns && netns != target_netns)
 		return 0;
@@ -281,11 +305,14 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 		/* IPv4 as IPv4-mapped IPv6 in the filter key; the event keeps 4 bytes. */
 		remote.addr[10] = 0xff;
 		remote.addr[11] = 0xff;
-		__be32 daddr = BPF_CORE_READ(child, __sk_common.skc_daddr);
-		__be32 saddr = BPF_CORE_READ(child, __sk_common.skc_rcv_saddr);
+		__be32 daddr = KREAD(direct, child, __sk_common.skc_daddr);
+		__be32 saddr = KREAD(direct, child, __sk_common.skc_rcv_saddr);
 
 		__builtin_memcpy(&remote.addr[12], &daddr, 4);
 		__builtin_memcpy(laddr, &saddr, 4);
+	} else if (direct) {
+		__builtin_memcpy(remote.addr, child->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(laddr, child->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
 	} else {
 		BPF_CORE_READ_INTO(&remote.addr, child, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&laddr, child, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
@@ -325,16 +352,17 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 		return 0;
 	}
 	e->ts_ns = now;
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	/* What the helpers compute, read through the task's BTF pointers when `direct`. */
+	e->cgroup_id = direct ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
-	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->uid = direct ? task->cred->uid.val : (__u32)bpf_get_current_uid_gid();
 	e->netns = netns;
 	e->fd = fd;
 	e->listen_fd = listen_fd;
 	e->family = family;
 	e->lport = lport;
-	e->rport = bpf_ntohs(BPF_CORE_READ(child, __sk_common.skc_dport));
+	e->rport = bpf_ntohs(KREAD(direct, child, __sk_common.skc_dport));
 	e->probe = probe;
 	e->pad = 0;
 	if (family == AF_INET) {
@@ -346,14 +374,19 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	__builtin_memcpy(e->laddr, laddr, sizeof(e->laddr));
 	/* The listener's queue, not the child's: what is still waiting after this accept. */
 	if (listener) {
-		e->backlog = BPF_CORE_READ(listener, sk_ack_backlog);
-		e->backlog_max = BPF_CORE_READ(listener, sk_max_ack_backlog);
+		e->backlog = KREAD(direct, listener, sk_ack_backlog);
+		e->backlog_max = KREAD(direct, listener, sk_max_ack_backlog);
 	} else {
 		e->backlog = 0;
 		e->backlog_max = 0;
 	}
 	e->queue_latency_ns = latency_ns;
-	accepting_comm(e->comm);
+	if (!direct)
+		accepting_comm(e->comm);
+	else if (task->flags & PF_IO_WORKER) /* as accepting_comm, without probe reads */
+		__builtin_memcpy(e->comm, task->group_leader->comm, sizeof(e->comm));
+	else
+		__builtin_memcpy(e->comm, task->comm, sizeof(e->comm));
 	/* Wake the reader once per batch of events on this CPU (an eighth of the ring, set by
 	 * user space), not per event: a wakeup per event cost the traced server more than
 	 * everything else together, and asking the ring how much data waits
@@ -369,6 +402,13 @@ static __always_inline int emit_accept(struct sock *child, struct sock *listener
 	}
 	bpf_ringbuf_submit(e, wakeup);
 	return 0;
+}
+
+/* child and listener are plain kernel addresses: every field through probe reads. */
+static __always_inline int emit_accept(struct sock *child, struct sock *listener, __s32 fd,
+				       __s32 listen_fd, __u8 probe)
+{
+	return build_accept(child, listener, fd, listen_fd, probe, false);
 }
 
 /* ---- fexit ---- */
@@ -525,6 +565,59 @@ SEC("tracepoint/syscalls/sys_exit_accept")
 int tp_exit_accept(struct syscall_exit_ctx *ctx)
 {
 	return on_accept_exit(ctx);
+}
+
+/* ---- tracepoint, BTF pointer walk (kernels >= 6.2) ----
+ * The same events with direct loads through BTF pointers instead of probe reads: from
+ * bpf_get_current_task_btf() (5.11) to the fd table, one probe read for the variable fd
+ * index (BTF cannot type an array of pointers), bpf_rdonly_cast (6.2) to retype the file
+ * and its socket, direct loads from there on. User space loads these or tp_exit_accept{,4}
+ * (probes.py chooses from the kernel's BTF and helpers), never both. */
+
+static __always_inline struct sock *sock_of_fd_btf(struct fdtable *fdt, __s32 fd)
+{
+	struct file *file;
+	struct socket *socket;
+
+	if (fd < 0 || (__u32)fd >= fdt->max_fds)
+		return NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]) || !file)
+		return NULL;
+	file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
+	socket = file->private_data; /* an accept()ed or accepting fd: a socket */
+	if (!socket)
+		return NULL;
+	socket = bpf_rdonly_cast(socket, bpf_core_type_id_kernel(struct socket));
+	return socket->sk;
+}
+
+static __always_inline int on_accept_exit_btf(struct syscall_exit_ctx *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__s32 fd = (__s32)ctx->ret;
+
+	if (ctx->ret < 0 || !task_wanted(task->tgid))
+		return 0;
+	/* bpf_task_pt_regs (5.15): the syscall's first argument is the listening fd. */
+	struct pt_regs *regs = (void *)bpf_task_pt_regs(task);
+	__s32 listen_fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
+	struct fdtable *fdt = task->files->fdt;
+
+	return build_accept(sock_of_fd_btf(fdt, fd),
+			    listen_fd >= 0 ? sock_of_fd_btf(fdt, listen_fd) : NULL, fd, listen_fd,
+			    PROBE_TRACEPOINT, true);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tp_exit_accept4_btf(struct syscall_exit_ctx *ctx)
+{
+	return on_accept_exit_btf(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int tp_exit_accept_btf(struct syscall_exit_ctx *ctx)
+{
+	return on_accept_exit_btf(ctx);
 }
 
 /* ---- accept-queue latency ---- */
