@@ -25,6 +25,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def vm_cache() -> Path:
     """The cache directory holding built guest images (built here if needed)."""
     build_images(DEFAULT_CACHE)
+    # The guests have no compiler: their io_uring tests run the liburing servers built
+    # here (static binaries, in the project tree the guests share).
+    from tests.support.uring import binary
+
+    binary("accept_server")
     return DEFAULT_CACHE
 
 
