@@ -235,3 +235,12 @@ def test_buffered_text_keeps_or_drops_a_whole_table() -> None:
     os.close(w)
     assert read_all(r) == (b"LISTENER  ACCEPTS\n" + b"x" * 81 + b"\n") * 3
     os.close(r)
+
+
+def test_a_closed_stdout_is_one_error_at_once() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)  # w is now a closed descriptor, like `tcpaccept >&-`
+    with pytest.raises(OutputError) as caught:
+        OutputWriter(w)
+    assert str(caught.value) == "cannot write output: Bad file descriptor (0 events not written)"

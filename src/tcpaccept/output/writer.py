@@ -81,7 +81,10 @@ class OutputWriter:
         self._fd = fd
         self._limit = limit_bytes
         self._encoding = encoding or output_encoding()
-        mode = os.fstat(fd).st_mode
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:  # `tcpaccept >&-`: no stdout at all
+            raise OutputError(exc.strerror or str(exc), 0) from None
         self._is_pipe = stat.S_ISFIFO(mode)
         self._is_file = stat.S_ISREG(mode)
         self._cond = threading.Condition()
