@@ -27,6 +27,7 @@ from tests.fleet.deployment import (
     agent_args,
     granted_capabilities,
     host_mounts,
+    samples,
     scrape,
 )
 from tests.support.child import free_port
@@ -156,3 +157,42 @@ def test_agent_counts_accepts_of_a_host_server(agent: tuple[int, str]) -> None:
         time.sleep(0.5)  # nothing more may arrive: exactly what the server accepted
         assert accepts_on_port(scrape(url), server.port) == accepts
     print(f"agent RSS {agent_rss_kb(name) / 1024:.1f} MB")
+
+
+WORKLOAD = """
+import socket, time
+server = socket.socket()
+server.bind(("127.0.0.1", 8080))
+server.listen(16)
+for _ in range({n}):
+    client = socket.create_connection(("127.0.0.1", 8080))
+    server.accept()[0].close()
+    client.close()
+print("done", flush=True)
+time.sleep(60)
+"""
+
+
+def test_agent_names_the_container_of_an_accept(agent: tuple[int, str], image: str) -> None:
+    # A workload container in its own network namespace: the agent must attribute its
+    # accepts to it by name, from the runtime state mounted under /host.
+    metrics_port, _ = agent
+    accepts = 4
+    name = f"fleet-web-{os.getpid()}"
+    started = podman("run", "-d", "--rm", *ULIMITS, "--name", name, "--network", "none",
+                     "--entrypoint", "python3", image, "-c", WORKLOAD.format(n=accepts))
+    assert started.returncode == 0, started.stderr
+    try:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        deadline = time.monotonic() + 15
+        while True:
+            named = [(labels, value) for labels, value in
+                     samples(scrape(url), "tcpaccept_accepts_total")
+                     if labels.get("container") == name]
+            if named and sum(value for _, value in named) >= accepts:
+                break
+            assert time.monotonic() < deadline, scrape(url)
+            time.sleep(0.2)
+        assert [(labels["lport"], value) for labels, value in named] == [("8080", accepts)]
+    finally:
+        podman("rm", "-f", "-t", "0", name, timeout=60)

@@ -76,7 +76,7 @@ def test_daemonset_mounts_host_state_read_only() -> None:
     mounts = {host: (inside, read_only) for host, inside, read_only in host_mounts()}
     assert mounts == {
         "/sys/kernel/btf": ("/sys/kernel/btf", True),
-        "/sys/fs/cgroup": ("/sys/fs/cgroup", True),
+        "/sys/fs/cgroup": ("/host/sys/fs/cgroup", True),
         "/sys/kernel/tracing": ("/sys/kernel/tracing", True),
         "/run/containerd": ("/host/run/containerd", True),
         "/var/lib/docker/containers": ("/host/var/lib/docker/containers", True),
