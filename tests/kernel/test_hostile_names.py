@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tcpaccept.cgroups import cgroup2_root
 from tcpaccept.output.escape import escape_text
+from tests.support.containers import cgroup2_mount
 from tests.support.tracer import start_tracer
 
 pytestmark = pytest.mark.kernel
@@ -124,7 +124,7 @@ def test_invalid_utf8_is_escaped_in_text_and_lossless_in_json() -> None:
 
 @pytest.fixture
 def hostile_cgroup() -> Iterator[str]:
-    root = Path(cgroup2_root())
+    root = Path(cgroup2_mount())
     # The kernel refuses a newline in a cgroup name; an escape, a tab, a backslash pass.
     path = root / f"tcpaccept-test-{uuid.uuid4().hex[:8]}\x1b[31mred\tx\\y"
     path.mkdir()
