@@ -13,7 +13,7 @@ from typing import Callable
 from bench.common import log
 from tcpaccept.event import Decoder, encode
 from tcpaccept.output.json_lines import JsonFormatter
-from tcpaccept.output.lines import LineSink
+from tcpaccept.output.lines import LineSink, TextOutput
 from tcpaccept.output.text import TextFormatter
 from tcpaccept.sink import LostNotices
 
@@ -66,7 +66,7 @@ def pipeline_rate(records: list[bytes], make_line: Callable[[], Callable], batch
     with open(os.devnull, "w") as devnull:
         for _ in range(repeats):
             decode = Decoder(boot_to_wall_ns=WALL_OFFSET_NS).decode
-            handle = LineSink(devnull, LostNotices(devnull), make_line()).handle
+            handle = LineSink(TextOutput(devnull), LostNotices(devnull), make_line()).handle
             t0 = time.perf_counter()
             for chunk in batches:
                 handle([decode(record) for record in chunk])
