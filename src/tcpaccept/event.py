@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -20,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 from . import btf as btf_mod
 from .errors import TcpacceptError
 from .model import Accept, Container
+from .output.clock import WallClock
 
 RECORD_STRUCT = "accept_event"
 PROBE_ENUM = "accept_probe"
@@ -176,14 +176,26 @@ class Decoder:
         # (cgroup_id, pid) -> Container: fills Accept.container; None leaves it None.
         self.container_of = container_of
         self.unmap_ipv4 = unmap_ipv4
-        # bpf_ktime_get_ns() is CLOCK_MONOTONIC: one offset converts it to wall time.
+        # bpf_ktime_get_ns() is the host's CLOCK_MONOTONIC: one offset converts it to wall
+        # time (WallClock: right inside a time namespace too). Re-anchor by assigning it.
+        self._scope: dict = {}
         self.boot_to_wall_ns = (
-            boot_to_wall_ns if boot_to_wall_ns is not None
-            else time.time_ns() - time.monotonic_ns()
+            boot_to_wall_ns if boot_to_wall_ns is not None else WallClock().offset_ns()
         )
         self._addr_cache: dict[tuple[int, bytes], tuple[int, str]] = {}
         self._comm_cache: dict[bytes, str] = {}
         self.decode: Callable[[bytes], Accept] = self._compile()
+
+    @property
+    def boot_to_wall_ns(self) -> int:
+        return self._boot_to_wall_ns
+
+    @boot_to_wall_ns.setter
+    def boot_to_wall_ns(self, offset_ns: int) -> None:
+        """A new offset (the wall clock was stepped): decode() reads it from its globals,
+        so re-anchoring costs nothing per record."""
+        self._boot_to_wall_ns = offset_ns
+        self._scope["boot_to_wall_ns"] = offset_ns
 
     def address(self, family: int, raw: bytes) -> tuple[int, str]:
         """(shown family, printable address), IPv4-mapped IPv6 unmapped unless disabled."""
@@ -205,7 +217,9 @@ class Decoder:
     def comm(self, raw: bytes) -> str:
         name = self._comm_cache.get(raw)
         if name is None:
-            name = raw.split(b"\0", 1)[0].decode(errors="replace")
+            # Invalid UTF-8 survives as lone surrogates (U+DC80..U+DCFF): text output shows
+            # the bytes as \xNN (output/escape.py), JSON as \udcNN (lossless in Python).
+            name = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             if len(self._comm_cache) > 4096:
                 self._comm_cache.clear()
             self._comm_cache[raw] = name
@@ -238,6 +252,7 @@ class Decoder:
             "probe_name": self.layout.probe_names.get, "container_of": self.container_of,
         }
         exec(compile(source, f"<decode {self.layout.source}>", "exec"), scope)  # noqa: S102
+        self._scope = scope
         return scope["decode"]
 
 

@@ -296,7 +296,7 @@ def _open_pinned_hash(flag: str, path: str) -> int:
         fd = libbpf.pinned_fd(path)
     except libbpf.LibbpfError as exc:
         raise TcpacceptError(f"{flag} {path}: not a pinned BPF map "
-                             f"({libbpf.strerror(exc.errno)})") from None
+                             f"({libbpf.strerror(exc.errno)})", exit_code=2) from None
     with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
         info = dict(line.split(":", 1) for line in fdinfo if ":" in line)
     map_type = info.get("map_type", "").strip()
@@ -305,13 +305,23 @@ def _open_pinned_hash(flag: str, path: str) -> int:
         os.close(fd)
         found = f"map type {map_type}, key size {key_size}" if map_type else "not a map"
         raise TcpacceptError(f"{flag} {path}: want a pinned BPF hash map with 8-byte keys "
-                             f"(bcc's layout), found {found}")
+                             f"(bcc's layout), found {found}", exit_code=2)
     return fd
 
 
-def _possible_cpus() -> int:
+CPU_POSSIBLE = "/sys/devices/system/cpu/possible"
+
+
+def _possible_cpus(path: str = CPU_POSSIBLE) -> int:
     """Per-CPU map values have one slot per possible CPU (not just online ones)."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        spans = f.read().strip().split(",")
-    highest = max(int(span.split("-")[-1]) for span in spans)
-    return highest + 1
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise TcpacceptError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        # "0-3", "0,2-5", "0": the highest CPU number, plus one.
+        return max(int(span.split("-")[-1]) for span in text.split(",")) + 1
+    except ValueError:
+        raise TcpacceptError(f"cannot count CPUs: {path} holds {text!r}, not a CPU list "
+                             "such as 0-3") from None
