@@ -1,31 +1,43 @@
-"""Summary mode: per-listener tables every interval, a latency histogram per listener at exit."""
+"""Summary mode (-s): per-listener tables every interval, a latency histogram per listener
+at exit, all read from the kernel's aggregation maps (bpf/aggregate.bpf.h).
+
+State is bounded: the kernel counts per listening socket (netns, bound address, port,
+cgroup) in a map of fixed size; this sink keeps only the previous read of that map (to
+print deltas), the previous read of the bounded remotes LRU and one interval's drops (at
+most MAX_DROP_ROWS listeners). No latency is stored per accept: percentiles come from the
+kernel's log2 histogram (see aggregate.slot_percentile_us: a percentile is reported as the
+upper edge of its bucket, which overstates it by less than a factor of 2). The remotes LRU
+evicts when full; the output then says how many remotes it pushed out, and the top-remote
+counts are lower bounds.
+Listeners idle for ``ttl_s`` are deleted from the kernel map (and so from the exit
+histograms, which cover the listeners active in the last ttl_s).
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Optional, Sequence, TextIO
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, TextIO
 
-from .model import Accept, Drop, Item, Lost
+from .aggregate import (
+    LATENCY_SLOTS,
+    AggregateReader,
+    ListenerKey,
+    ListenerTotals,
+    slot_lower_us,
+    slot_max_us,
+    slot_percentile_us,
+    slot_upper_us,
+)
+from .model import Container, Drop, Item, Lost
 from .output.clock import hms, iso_prefix
 from .sink import LostNotices
 
 TOP_REMOTES = 5
-
-
-@dataclass(frozen=True)
-class ListenerId:
-    laddr: str
-    lport: int
-    pid: int
-    comm: str
-
-    @property
-    def endpoint(self) -> str:
-        return endpoint(self.laddr, self.lport)
+MAX_DROP_ROWS = 4096
+DEFAULT_TTL_S = 600.0
 
 
 def endpoint(laddr: str, lport: int) -> str:
@@ -33,40 +45,21 @@ def endpoint(laddr: str, lport: int) -> str:
     return f"[{laddr}]:{lport}" if ":" in laddr else f"{laddr}:{lport}"
 
 
-@dataclass
-class ListenerStats:
-    """One interval's figures for one listener."""
-
-    accepts: int = 0
-    max_backlog: int = 0
-    backlog: int = 0
-    backlog_max: int = 0
-    latencies_us: list[float] = field(default_factory=list)
-    drops: int = 0
-
-
-def percentile(sorted_values: list[float], fraction: float) -> Optional[float]:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 class Log2Histogram:
-    """bcc-style power-of-two buckets of microseconds."""
+    """bcc-style power-of-two buckets of microseconds (the kernel's slots: slot k holds
+    [2^(k-1), 2^k) us, slot 0 holds 0)."""
 
-    def __init__(self) -> None:
-        self.buckets: Counter[int] = Counter()
+    def __init__(self, slots: Sequence[int] = ()) -> None:
+        self.buckets: Counter[int] = Counter({k: n for k, n in enumerate(slots) if n})
 
     def add(self, value_us: float) -> None:
-        self.buckets[max(0, int(value_us)).bit_length()] += 1
+        self.buckets[min(LATENCY_SLOTS - 1, max(0, int(value_us)).bit_length())] += 1
 
     def rows(self) -> list[tuple[int, int, int]]:
         """(low, high, count) from the lowest to the highest non-empty bucket."""
         if not self.buckets:
             return []
-        return [((1 << slot) >> 1, (1 << slot) - 1, self.buckets.get(slot, 0))
+        return [(slot_lower_us(slot), slot_upper_us(slot) - 1, self.buckets.get(slot, 0))
                 for slot in range(min(self.buckets), max(self.buckets) + 1)]
 
     def render(self, unit: str = "usecs") -> str:
@@ -83,95 +76,161 @@ def _ms(value_us: Optional[float]) -> str:
     return "-" if value_us is None else f"{value_us / 1000:.3f}"
 
 
-class SummarySink:
-    """Aggregates accepts (and drops) and prints them every `interval` seconds."""
+def _delta(now: int, before: int) -> int:
+    """A counter since the previous read; a smaller value means it restarted (expired or
+    evicted entry), and then all of it is new."""
+    return now - before if now >= before else now
 
-    def __init__(self, out: TextIO, interval: float, as_json: bool,
-                 notices: LostNotices) -> None:
+
+@dataclass
+class _Drops:
+    """One interval's drops of one listening socket (the drop monitor's view)."""
+
+    dropped: int
+    backlog: int
+    backlog_max: int
+    pid: int
+    comm: str
+    container: Optional[Container]
+
+
+class SummarySink:
+    """Reads the aggregation maps and prints them every `interval` seconds."""
+
+    def __init__(self, out: TextIO, interval: float, as_json: bool, notices: LostNotices,
+                 aggregates: AggregateReader,
+                 container_of: Optional[Callable[[int], Optional[Container]]] = None,
+                 ttl_s: float = DEFAULT_TTL_S) -> None:
         self.out = out
         self.interval = interval
         self.as_json = as_json
         self._notices = notices
+        self.aggregates = aggregates
+        self.container_of = container_of
+        self.ttl_ns = int(ttl_s * 1e9)
         self._interval_start = time.monotonic()
-        self._stats: dict[ListenerId, ListenerStats] = {}
-        self._remotes: Counter[str] = Counter()
-        self.histograms: dict[ListenerId, Log2Histogram] = {}
+        self._previous: dict[ListenerKey, ListenerTotals] = {}
+        self._previous_remotes: dict[tuple[ListenerKey, str], int] = {}
+        self._drops: dict[tuple[int, str, int], _Drops] = {}
+        self._drops_overflow = 0
 
     def handle(self, items: Sequence[Item]) -> None:
         if not items:
             return
         kind = type(items[0])
-        if kind is Accept:
-            self._count_accepts(items)  # type: ignore[arg-type]
-        elif kind is Drop:
-            self._count_drops(items)  # type: ignore[arg-type]
+        if kind is Drop:
+            for r in items:
+                self._count_drop(r)  # type: ignore[arg-type]
         elif kind is Lost:
             for lost in items:
                 self._notices.report(lost)  # type: ignore[arg-type]
+        # Accept items (lines printed too): the kernel has counted them already.
 
-    def _count_accepts(self, accepts: Sequence[Accept]) -> None:
-        for e in accepts:
-            listener = ListenerId(e.laddr, e.lport, e.pid, e.comm)
-            stats = self._stats.get(listener)
-            if stats is None:
-                stats = self._stats[listener] = ListenerStats()
-            stats.accepts += 1
-            stats.backlog, stats.backlog_max = e.backlog, e.backlog_max
-            stats.max_backlog = max(stats.max_backlog, e.backlog)
-            if e.queue_latency_ns is not None:
-                latency_us = e.queue_latency_ns / 1000
-                stats.latencies_us.append(latency_us)
-                self.histograms.setdefault(listener, Log2Histogram()).add(latency_us)
-            self._remotes[e.raddr] += 1
-
-    def _count_drops(self, drops: Sequence[Drop]) -> None:
-        for r in drops:
-            listener = ListenerId(r.laddr, r.lport, r.pid or 0, r.comm or "?")
-            stats = self._stats.setdefault(listener, ListenerStats())
-            stats.drops += r.dropped
-            stats.backlog, stats.backlog_max = r.backlog, r.backlog_max
-            stats.max_backlog = max(stats.max_backlog, r.backlog)
+    def _count_drop(self, r: Drop) -> None:
+        where = (r.netns, r.laddr, r.lport)
+        drops = self._drops.get(where)
+        if drops is None:
+            if len(self._drops) >= MAX_DROP_ROWS:
+                self._drops_overflow += 1
+                return
+            drops = self._drops[where] = _Drops(0, 0, 0, r.pid or 0, r.comm or "?",
+                                                r.container)
+        drops.dropped += r.dropped
+        drops.backlog, drops.backlog_max = r.backlog, r.backlog_max
 
     def tick(self, now: float) -> None:
         if now - self._interval_start >= self.interval:
             self.flush_interval(now)
 
+    def _read(self) -> dict[ListenerKey, ListenerTotals]:
+        ended = self.aggregates.next_epoch()  # backlog peaks from here on: next interval
+        listeners = self.aggregates.read_listeners(peak_epoch=ended)
+        for key in self.aggregates.expire(listeners, time.monotonic_ns(), self.ttl_ns):
+            del listeners[key]
+        return listeners
+
     def flush_interval(self, now: Optional[float] = None) -> None:
         now = time.monotonic() if now is None else now
         elapsed = max(now - self._interval_start, 1e-9)
         self._interval_start = now
-        stats, self._stats = self._stats, {}
-        remotes, self._remotes = self._remotes, Counter()
-        rows = [self._row(listener, s, elapsed) for listener, s in
-                sorted(stats.items(), key=lambda item: -item[1].accepts)]
-        top = remotes.most_common(TOP_REMOTES)
+        listeners = self._read()
+        rows = []
+        for key, totals in listeners.items():
+            before = self._previous.get(key, ListenerTotals())
+            accepts = _delta(totals.accepts, before.accepts)
+            if accepts == 0 and (key.netns, key.laddr, key.lport) not in self._drops:
+                continue
+            slots = tuple(_delta(a, b) for a, b in zip(totals.latency_slots,
+                                                       before.latency_slots))
+            rows.append(self._row(key, totals, accepts, slots, elapsed))
+        self._previous = listeners
+        self._attach_drops(rows, elapsed)
+        rows.sort(key=lambda r: (-r["accepts"], -r["drops"]))
+        top, evicted = self._top_remotes()
         if self.as_json:
             self._write_json({"event": "summary", "interval_s": round(elapsed, 3),
                               "listeners": rows,
-                              "top_remotes": [{"raddr": a, "accepts": n} for a, n in top]})
+                              "top_remotes": [{"raddr": a, "accepts": n} for a, n in top],
+                              "remotes_evicted": evicted,
+                              "listeners_overflow": self.aggregates.listeners_overflow()
+                              + self._drops_overflow})
         elif rows:  # a quiet interval prints nothing in text mode
-            self._write_table(rows, top)
+            self._write_table(rows, top, evicted)
         self.out.flush()
 
-    @staticmethod
-    def _row(listener: ListenerId, s: ListenerStats, elapsed: float) -> dict:
-        ordered = sorted(s.latencies_us)
+    def _container(self, cgroup_id: int) -> Optional[str]:
+        container = self.container_of(cgroup_id) if self.container_of else None
+        return container.short if container else None
+
+    def _row(self, key: ListenerKey, t: ListenerTotals, accepts: int,
+             slots: tuple[int, ...], elapsed: float) -> dict:
         return {
-            "laddr": listener.laddr, "lport": listener.lport, "pid": listener.pid,
-            "comm": listener.comm, "accepts": s.accepts,
-            "accepts_per_s": round(s.accepts / elapsed, 1),
-            "backlog": s.backlog, "backlog_peak": s.max_backlog, "backlog_max": s.backlog_max,
-            "queue_latency_p50_us": percentile(ordered, 0.50),
-            "queue_latency_p99_us": percentile(ordered, 0.99),
-            "queue_latency_max_us": ordered[-1] if ordered else None,
-            "drops": s.drops,
+            "laddr": key.laddr, "lport": key.lport, "netns": key.netns, "pid": t.pid,
+            "comm": t.comm, "container": self._container(key.cgroup_id),
+            "accepts": accepts, "accepts_per_s": round(accepts / elapsed, 1),
+            "backlog": t.backlog, "backlog_peak": t.backlog_peak,
+            "backlog_max": t.backlog_max,
+            "queue_latency_p50_us": slot_percentile_us(slots, 0.50),
+            "queue_latency_p99_us": slot_percentile_us(slots, 0.99),
+            "queue_latency_max_us": slot_max_us(slots),
+            "drops": 0,
         }
+
+    def _attach_drops(self, rows: list[dict], elapsed: float) -> None:
+        """Drops go to the busiest row of their listening socket (several cgroups may
+        accept on one socket), else to a row of their own."""
+        drops, self._drops = self._drops, {}
+        by_socket: dict[tuple[int, str, int], dict] = {}
+        for row in sorted(rows, key=lambda r: -r["accepts"]):
+            by_socket.setdefault((row["netns"], row["laddr"], row["lport"]), row)
+        for (netns, laddr, lport), d in drops.items():
+            row = by_socket.get((netns, laddr, lport))
+            if row is None:
+                row = {"laddr": laddr, "lport": lport, "netns": netns, "pid": d.pid,
+                       "comm": d.comm, "container": d.container.short if d.container else None,
+                       "accepts": 0, "accepts_per_s": 0.0, "backlog": d.backlog,
+                       "backlog_peak": d.backlog, "backlog_max": d.backlog_max,
+                       "queue_latency_p50_us": None, "queue_latency_p99_us": None,
+                       "queue_latency_max_us": None, "drops": 0}
+                rows.append(row)
+            row["drops"] += d.dropped
+            row["backlog_peak"] = max(row["backlog_peak"], d.backlog)
+
+    def _top_remotes(self) -> tuple[list[tuple[str, int]], int]:
+        current = self.aggregates.read_remotes()
+        counts: Counter[str] = Counter()
+        for key, count in current.items():
+            fresh = _delta(count, self._previous_remotes.get(key, 0))
+            if fresh:
+                counts[key[1]] += fresh
+        self._previous_remotes = current
+        return counts.most_common(TOP_REMOTES), self.aggregates.remotes_evicted(len(current))
 
     def _write_json(self, obj: dict) -> None:
         stamp, offset = iso_prefix(int(time.time()))
         self.out.write(json.dumps({"time": f"{stamp}{offset}", **obj}) + "\n")
 
-    def _write_table(self, rows: list[dict], top: list[tuple[str, int]]) -> None:
+    def _write_table(self, rows: list[dict], top: list[tuple[str, int]], evicted: int) -> None:
         w = self.out.write
         w(f"\n{hms(int(time.time()))}\n")
         w(f"{'LISTENER':<46} {'PID':<7} {'COMM':<15} {'ACCEPTS':>8} {'ACC/s':>9} "
@@ -188,20 +247,28 @@ class SummarySink:
             w(f"{'TOP REMOTES':<46} {'ACCEPTS':>8}\n")
             for address, count in top:
                 w(f"{address:<46} {count:>8}\n")
+        if evicted:
+            w(f"(remotes table full: {evicted} remotes evicted since start; "
+              "remote counts are lower bounds)\n")
 
     def close(self) -> None:
         self.flush_interval()
-        for listener, histogram in sorted(self.histograms.items(), key=lambda i: i[0].lport):
+        listeners = sorted(self._previous.items(), key=lambda i: (i[0].lport, i[0].laddr))
+        for key, totals in listeners:
+            histogram = Log2Histogram(totals.latency_slots)
+            if not histogram.buckets:
+                continue
             if self.as_json:
                 self._write_json({
-                    "event": "histogram", "laddr": listener.laddr, "lport": listener.lport,
-                    "pid": listener.pid, "comm": listener.comm, "unit": "us",
+                    "event": "histogram", "laddr": key.laddr, "lport": key.lport,
+                    "netns": key.netns, "pid": totals.pid, "comm": totals.comm,
+                    "container": self._container(key.cgroup_id), "unit": "us",
                     "buckets": [{"low": lo, "high": hi, "count": n}
                                 for lo, hi, n in histogram.rows()],
                 })
             else:
-                self.out.write(f"\nqueue latency, listener {listener.endpoint} "
-                               f"(pid {listener.pid} {listener.comm}):\n")
+                self.out.write(f"\nqueue latency, listener {endpoint(key.laddr, key.lport)} "
+                               f"(last pid {totals.pid} {totals.comm}):\n")
                 self.out.write(histogram.render() + "\n")
         self.out.flush()
         self._notices.close()

@@ -62,8 +62,12 @@ class Tracer:
     """
 
     def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None,
-                 bpf_object: Union[str, Path, None] = None) -> None:
+                 bpf_object: Union[str, Path, None] = None, aggregate: bool = False,
+                 emit_records: bool = True, aggregate_remotes: bool = False) -> None:
         self.config = config
+        # In-kernel aggregation (aggregate.py reads the maps); records only if lines print.
+        self.aggregation = {"aggregate": aggregate, "emit_records": emit_records,
+                            "aggregate_remotes": aggregate_remotes}
         self.log = log or (lambda _msg: None)
         # Another build of the object (tests): the parameter, else $TCPACCEPT_BPF_OBJECT.
         self.bpf_object = Path(bpf_object) if bpf_object else default_object_path()
@@ -140,7 +144,10 @@ class Tracer:
             program.autoload = program.name in plan.programs
         btf = Btf.of_object(obj)
         self.layout = RecordLayout.from_btf(btf, self.bpf_object.name)
-        configure(DataSection(obj, btf), self.config, self.layout, plan.saved_regs)
+        rodata = DataSection(obj, btf)
+        configure(rodata, self.config, self.layout, plan.saved_regs)
+        for name, value in self.aggregation.items():
+            rodata.set(name, value)
         self._check_filter_sizes(obj)
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
         self._reuse_pinned(obj)
@@ -276,6 +283,12 @@ class Tracer:
         for new in cgroup_ids - self._container_cgroups:
             table.update(struct.pack("<Q", new), b"\x01")
         self._container_cgroups = set(cgroup_ids)
+
+    def bpf_map(self, name: str) -> libbpf.Map:
+        """A map of the loaded object (aggregate.py reads the aggregation maps)."""
+        if self._object is None:
+            raise TcpacceptError("tracer is not started")
+        return self._object.map(name)
 
     def lost_events(self) -> int:
         """Events the kernel could not queue (ring buffer full), summed over CPUs."""
