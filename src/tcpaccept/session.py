@@ -16,6 +16,7 @@ import time
 from typing import Callable, Optional, Sequence, TextIO
 
 from . import iouring, libbpf, preflight, probes
+from .aggregate import AggregateReader
 from .config import Config, OutputConfig
 from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
@@ -58,11 +59,15 @@ def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
 
 
 def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
-                      resolver: Optional[ContainerResolver] = None) -> Sink:
+                      resolver: Optional[ContainerResolver] = None,
+                      aggregates: Optional[AggregateReader] = None) -> Sink:
     """The sink that prints: summary tables, JSON lines or the seed's text lines."""
     notices = LostNotices(sys.stderr)
     if output.summary_interval:
-        return SummarySink(BufferedText(out), output.summary_interval, output.json, notices)
+        if aggregates is None:
+            raise TcpacceptError("summary mode needs the tracer's aggregation maps")
+        return SummarySink(BufferedText(out), output.summary_interval, output.json, notices,
+                           aggregates, resolver.resolve if resolver else None)
     cgroup_path = None
     if output.extended and resolver is not None:
         def cgroup_path(cgroup_id: int) -> str:
@@ -171,7 +176,13 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
     messages = sys.stderr if output.json or output.quiet else (out or sys.stdout)
     try:
         with contextlib.ExitStack() as owned:
-            tracer = owned.enter_context(Tracer(config, _stderr_logger(output.verbose)))
+            # Summary and metrics count in the kernel; records only for printed lines.
+            aggregating = bool(output.summary_interval or output.metrics)
+            tracer = owned.enter_context(Tracer(
+                config, _stderr_logger(output.verbose), aggregate=aggregating,
+                emit_records=not (output.summary_interval or (output.metrics and output.quiet))
+                or bool(output.count), aggregate_remotes=bool(output.summary_interval)))
+            aggregates = AggregateReader(tracer) if aggregating else None
             resolver = (ContainerResolver(host_root=config.host_root)
                         if _needs_containers(config, output) else None)
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
@@ -199,13 +210,15 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
             if output.metrics:
                 from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
 
-                metrics = MetricsSink()
+                metrics = MetricsSink(aggregates, output.metrics_labels,
+                                      resolver.resolve if resolver else None)
                 owned.enter_context(_metrics_server(metrics.registry, output))
                 sinks.append(metrics)
             print(BANNER, file=messages, flush=True)
             lines_out = _open_output(out)
             owned.callback(_finish_output, lines_out)  # after the sinks' last words
-            sinks.append(build_output_sink(output, lines_out, time.time_ns(), resolver))
+            sinks.append(build_output_sink(output, lines_out, time.time_ns(), resolver,
+                                           aggregates))
             sink = owned.enter_context(contextlib.closing(
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
             run(tracer, decoder.decode, sink, stop, _warn, count=output.count,
