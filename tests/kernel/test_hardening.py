@@ -297,16 +297,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_agent(*args: str, nofile: int = 0, prefix: tuple[str, ...] = ()) -> StderrRun:
-    """tcpaccept -q --metrics ...: the banner goes to stderr."""
-    def limit() -> None:
-        if nofile:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
+    """tcpaccept -q --metrics ...: the banner goes to stderr. nofile: an fd limit set by
+    prlimit(1) on the command (not preexec_fn, unsafe in a threaded test process)."""
+    if nofile:
+        prefix = ("prlimit", f"--nofile={nofile}:{nofile}", *prefix)
     proc = subprocess.Popen([*prefix, *tcpaccept_command("-q", *args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=limit)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = StderrRun(proc)
     if not wait_for(lambda: BANNER in run.stderr or proc.poll() is not None, 30) \
             or BANNER not in run.stderr:
@@ -330,6 +326,8 @@ def test_a_thousand_idle_metrics_connections_leave_scrapes_answering_and_cpu_idl
     # so what CPU it uses is the endpoint's.
     agent = start_agent("--metrics", f"127.0.0.1:{port}", "-P", str(free_port()), nofile=512)
     idle: list[socket.socket] = []
+    limits = Path(f"/proc/{agent.proc.pid}/limits").read_text()
+    assert re.search(r"^Max open files\s+512\s+512", limits, re.MULTILINE), limits
     try:
         import resource
 
