@@ -26,6 +26,7 @@ from .output.json_lines import JsonFormatter
 from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextOutput
 from .output.text import TextFormatter
 from .output.writer import BufferedText, OutputWriter
+from .pidns import pid_namespace_notice
 from .run import BANNER, StopFlag, run
 from .sink import LostNotices, Sink, Tee
 from .summary import SummarySink
@@ -183,6 +184,9 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 emit_records=not (output.summary_interval or (output.metrics and output.quiet))
                 or bool(output.count), aggregate_remotes=bool(output.summary_interval)))
             aggregates = AggregateReader(tracer) if aggregating else None
+            if tracer.pid_namespace is not None:  # PIDs are not the host's: say whose
+                print(f"tcpaccept: {pid_namespace_notice(tracer.pid_namespace)}",
+                      file=sys.stderr, flush=True)
             resolver = (ContainerResolver(host_root=config.host_root)
                         if _needs_containers(config, output) else None)
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
@@ -223,6 +227,10 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
             run(tracer, decoder.decode, sink, stop, _warn, count=output.count,
                 duration=output.duration, drops=drops, every_second=chores)
+            hidden = tracer.outside_pid_namespace()
+            if hidden:
+                print(f"tcpaccept: {hidden} accepts by processes outside pid namespace "
+                      f"{tracer.pid_namespace} were not shown", file=sys.stderr, flush=True)
     except BrokenPipeError:
         silence_stdout()
     except libbpf.LibbpfError as exc:  # a ring-buffer poll failing mid-run

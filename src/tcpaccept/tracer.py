@@ -9,19 +9,20 @@ import struct
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from . import libbpf, probes
+from . import libbpf, probes, sizing
 from .btf import Btf, DataSection
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
 from .event import Decoder, RecordLayout, default_object_path
 from .model import Container
+from .pidns import PidNamespace, shown_pid_namespace
 
 _libc = ctypes.CDLL(None)
-MAX_WAKEUP_BATCH = 1024
 
 
 def configure(rodata: DataSection, config: Config, layout: RecordLayout,
-              saved_regs: bool) -> None:
+              saved_regs: bool, cpus: int = 1,
+              pid_namespace: Optional[PidNamespace] = None) -> None:
     """Write the load-time settings, each by its name in the program's .rodata."""
     rodata.set("filter_pid", bool(config.pids))
     rodata.set("filter_lport", bool(config.lports))
@@ -41,10 +42,14 @@ def configure(rodata: DataSection, config: Config, layout: RecordLayout,
     rodata.set("target_family", config.family or 0)
     rodata.set("saved_regs", saved_regs)
     rodata.set("queue_latency", config.queue_latency)
-    # Wake user space when an eighth of the ring has filled on one CPU (it polls every
-    # 50 ms anyway), so even a small ring has room to spare when the reader wakes.
+    # Each CPU wakes user space after its share of an eighth of the ring (sizing.py says
+    # why per CPU); user space polls every 50 ms anyway.
     slots = config.ring_buffer_bytes // layout.ring_slot_bytes
-    rodata.set("wakeup_batch", max(1, min(MAX_WAKEUP_BATCH, slots // 8)))
+    rodata.set("wakeup_batch", sizing.wakeup_batch(slots, cpus))
+    rodata.set("in_pid_namespace", pid_namespace is not None)
+    if pid_namespace is not None:
+        rodata.set("pidns_dev", pid_namespace.dev, size=8)
+        rodata.set("pidns_ino", pid_namespace.ino, size=8)
 
 
 def remote_key(network: IPNetwork) -> bytes:
@@ -81,6 +86,9 @@ class Tracer:
         self._open_fds: list[int] = []
         self._lost_map: Optional[libbpf.Map] = None
         self._ncpus = 1
+        # Where PIDs are shown and -p matched; None: the initial namespace (pidns.py).
+        self.pid_namespace: Optional[PidNamespace] = None
+        self._outside_map: Optional[libbpf.Map] = None
         self._container_cgroups: set[int] = set()  # what container_cgroups holds
         self._cgroup_inode = 0  # the --cgroup directory the filter points at
         self._cgroup_gone = False
@@ -145,11 +153,15 @@ class Tracer:
         btf = Btf.of_object(obj)
         self.layout = RecordLayout.from_btf(btf, self.bpf_object.name)
         rodata = DataSection(obj, btf)
-        configure(rodata, self.config, self.layout, plan.saved_regs)
+        self._ncpus = _possible_cpus()
+        self.pid_namespace = shown_pid_namespace()
+        configure(rodata, self.config, self.layout, plan.saved_regs, self._ncpus,
+                  self.pid_namespace)
         for name, value in self.aggregation.items():
             rodata.set(name, value)
         self._check_filter_sizes(obj)
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
+        obj.map("established_at").set_max_entries(sizing.established_entries(self._ncpus))
         self._reuse_pinned(obj)
         obj.load()
         # libbpf parsed the kernel's BTF (~11 MB of heap) to load: hand it back to the OS.
@@ -158,7 +170,7 @@ class Tracer:
         for name in plan.programs:
             self._links.append(obj.program(name).attach())
         self._lost_map = obj.map("lost_events")
-        self._ncpus = _possible_cpus()
+        self._outside_map = obj.map("outside_pid_namespace")
         self._ring = libbpf.RingBuffer(obj.map("events"), self._on_sample)
 
     def _reuse_pinned(self, obj: libbpf.BpfObject) -> None:
@@ -245,6 +257,7 @@ class Tracer:
             os.close(fd)
         self._open_fds.clear()
         self._lost_map = None
+        self._outside_map = None
 
     # -- events --
 
@@ -290,11 +303,19 @@ class Tracer:
             raise TcpacceptError("tracer is not started")
         return self._object.map(name)
 
+    def outside_pid_namespace(self) -> int:
+        """Accepts not shown: their processes have no PID in the tracer's namespace."""
+        return self._percpu_total(self._outside_map)
+
     def lost_events(self) -> int:
         """Events the kernel could not queue (ring buffer full), summed over CPUs."""
-        if self._lost_map is None:
+        return self._percpu_total(self._lost_map)
+
+    def _percpu_total(self, counter: Optional[libbpf.Map]) -> int:
+        """A one-slot per-CPU u64 counter, summed over the possible CPUs."""
+        if counter is None:
             return 0
-        raw = self._lost_map.lookup(struct.pack("<I", 0), 8 * self._ncpus)
+        raw = counter.lookup(struct.pack("<I", 0), 8 * self._ncpus)
         return sum(struct.unpack(f"<{self._ncpus}Q", raw)) if raw else 0
 
 

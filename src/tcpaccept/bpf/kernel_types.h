@@ -121,6 +121,24 @@ struct css_set {
 	struct cgroup *dfl_cgrp;
 };
 
+/* PID namespaces: a task's struct pid holds its number in each namespace from the initial
+ * one (level 0) down to its own (numbers[level]). */
+struct pid_namespace {
+	struct pid_namespace *parent;
+	unsigned int level;
+	struct ns_common ns;
+};
+
+struct upid {
+	int nr;
+	struct pid_namespace *ns;
+};
+
+struct pid {
+	unsigned int level;
+	struct upid numbers[1];
+};
+
 struct task_struct {
 	void *stack;
 	unsigned int flags; /* PF_* */
@@ -132,6 +150,7 @@ struct task_struct {
 	struct css_set *cgroups;
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
+	struct pid *thread_pid;
 };
 
 /* The second argument of inet_csk_accept since 6.10 (only passed through here). */

@@ -41,6 +41,11 @@ const volatile bool queue_latency = false;   /* stamp_established runs: look sta
 const volatile __u32 wakeup_batch = 1;       /* wake the reader after this many per CPU */
 const volatile bool aggregate = false;       /* count in the maps of aggregate.bpf.h */
 const volatile bool emit_records = true;     /* a ring-buffer record per accept (lines) */
+/* A tracer whose /proc shows a PID namespace other than the initial one reports and filters
+ * PIDs as that namespace numbers them (the nsfs device and inode of /proc/1/ns/pid). */
+const volatile bool in_pid_namespace = false;
+const volatile __u64 pidns_dev = 0;
+const volatile __u64 pidns_ino = 0;
 
 /* Never read: they put the record's types into the object's BTF, where user space reads
  * the record layout (types used only inside inlined code are not emitted). */
@@ -59,6 +64,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost_events SEC(".maps");
+
+/* Accepts by processes that the tracer's PID namespace cannot see (they have no PID
+ * there, so they are not shown): user space says how many at exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} outside_pid_namespace SEC(".maps");
 
 /* Events submitted on this CPU since it last woke the reader. */
 struct {
@@ -161,9 +175,80 @@ static __always_inline void accepting_comm(char comm[TASK_COMM_LEN])
 		bpf_get_current_comm(comm, TASK_COMM_LEN);
 }
 
+#define MAX_PID_NS_LEVEL 32 /* the kernel's limit on PID namespace nesting */
+
+/* The number at the tracer's level of the current task's struct pid: for a task in a
+ * namespace nested below the tracer's (a container in a container), which the helper
+ * below does not answer for. False if no ancestor of its namespace is the tracer's. */
+static __always_inline bool nested_pid_tgid(__u64 *ids)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct pid *thread = BPF_CORE_READ(task, thread_pid);
+	struct pid *leader = BPF_CORE_READ(task, group_leader, thread_pid);
+	unsigned long numbers = bpf_core_field_offset(struct pid, numbers);
+	struct pid_namespace *ns = NULL;
+	struct upid upid;
+
+	if (!thread || !leader)
+		return false;
+	unsigned int level = BPF_CORE_READ(thread, level);
+
+	if (level >= MAX_PID_NS_LEVEL)
+		return false;
+	bpf_probe_read_kernel(&ns, sizeof(ns), (void *)thread + numbers +
+			      level * sizeof(struct upid) + offsetof(struct upid, ns));
+	for (int i = 0; i < MAX_PID_NS_LEVEL && ns; i++) {
+		if (BPF_CORE_READ(ns, ns.inum) == pidns_ino) {
+			level = BPF_CORE_READ(ns, level);
+			if (level >= MAX_PID_NS_LEVEL)
+				return false;
+			if (bpf_probe_read_kernel(&upid, sizeof(upid), (void *)thread + numbers +
+						  level * sizeof(struct upid)))
+				return false;
+			*ids = (__u32)upid.nr;
+			if (bpf_probe_read_kernel(&upid, sizeof(upid), (void *)leader + numbers +
+						  level * sizeof(struct upid)))
+				return false;
+			*ids |= (__u64)(__u32)upid.nr << 32;
+			return true;
+		}
+		ns = BPF_CORE_READ(ns, parent);
+	}
+	return false;
+}
+
+/* tgid << 32 | tid of the current task as the tracer shows it: the initial namespace's
+ * numbers, or those of the tracer's PID namespace (false if it has none there). */
+static __always_inline bool shown_pid_tgid(__u64 *ids)
+{
+	struct bpf_pidns_info ns;
+
+	if (!in_pid_namespace) {
+		*ids = bpf_get_current_pid_tgid();
+		return true;
+	}
+	/* 5.7+; it answers only for tasks whose own namespace is the tracer's. */
+	if (!bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns))) {
+		*ids = (__u64)ns.tgid << 32 | ns.pid;
+		return true;
+	}
+	*ids = 0;
+	return nested_pid_tgid(ids);
+}
+
+static __always_inline __u32 shown_tgid(void)
+{
+	__u64 ids = 0;
+
+	shown_pid_tgid(&ids);
+	return ids >> 32;
+}
+
 /* Filters that only need the current task: checked before any socket is read. */
 static __always_inline bool task_wanted(__u32 tgid)
 {
+	if (filter_pid && in_pid_namespace) /* -p names PIDs of the tracer's namespace */
+		tgid = shown_tgid(); /* 0 (never in the filter) for a task it cannot see */
 	if (filter_pid && !bpf_map_lookup_elem(&pid_filter, &tgid))
 		return false;
 	if (filter_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
@@ -325,6 +410,15 @@ static __always_inline int build_accept(struct sock *child, struct sock *listene
 	}
 	if (filter_remote && !bpf_map_lookup_elem(&remote_filter, &remote))
 		return 0;
+	if (in_pid_namespace && !shown_pid_tgid(&id)) {
+		/* No PID in the tracer's namespace: counted, not shown. */
+		__u32 zero = 0;
+		__u64 *outside = bpf_map_lookup_elem(&outside_pid_namespace, &zero);
+
+		if (outside)
+			*outside += 1;
+		return 0;
+	}
 
 	__u64 now = bpf_ktime_get_ns(), latency_ns = 0;
 	bool latency_measured = false;

@@ -1,0 +1,58 @@
+"""Issue 14 item 6: sizes that grow with the CPUs (sizing.py), as arithmetic."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tcpaccept import sizing
+from tcpaccept.pidns import kernel_dev
+
+SLOTS_4MIB = (4 << 20) // 136  # the default ring, in records of this build's size
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8, 64, 256, 4096])
+def test_all_cpus_together_wake_the_reader_within_an_eighth_of_the_ring(cpus: int) -> None:
+    batch = sizing.wakeup_batch(SLOTS_4MIB, cpus)
+    # Worst case: every CPU one short of its batch, nobody has woken the reader yet.
+    waiting_unannounced = cpus * (batch - 1)
+    assert waiting_unannounced <= SLOTS_4MIB // 8 or batch == 1
+
+
+def test_the_old_rule_let_eight_cpus_fill_the_ring() -> None:
+    old_batch = SLOTS_4MIB // 8  # one CPU's eighth, whatever the CPU count
+    assert 8 * old_batch >= SLOTS_4MIB * 0.99  # the ring full before any wakeup
+    assert 8 * sizing.wakeup_batch(SLOTS_4MIB, 8) <= SLOTS_4MIB // 8
+
+
+@pytest.mark.parametrize("slots,cpus,batch", [
+    (SLOTS_4MIB, 2, 1024),  # capped: this host keeps its measured batch
+    (SLOTS_4MIB, 16, SLOTS_4MIB // 128),
+    (100, 64, 1),  # a tiny ring on a big host: a wakeup per event, never 0
+    (0, 1, 1),
+    (1 << 30, 1, sizing.MAX_WAKEUP_BATCH),
+    (SLOTS_4MIB, 0, 1024),  # a nonsense CPU count is taken as one
+])
+def test_wakeup_batch_bounds(slots: int, cpus: int, batch: int) -> None:
+    assert sizing.wakeup_batch(slots, cpus) == batch
+
+
+@pytest.mark.parametrize("cpus,entries", [
+    (1, 16384), (2, 16384), (32, 16384),  # small hosts: the map as compiled
+    (64, 32768), (128, 65536),  # beyond 128 free elements parked per CPU
+    (512, 1 << 18), (8192, 1 << 18),  # bounded
+])
+def test_latency_map_grows_with_cpus(cpus: int, entries: int) -> None:
+    assert sizing.established_entries(cpus) == entries
+
+
+@pytest.mark.parametrize("cpus", [1, 64, 128, 256, 512])
+def test_latency_map_keeps_room_beyond_the_per_cpu_free_lists(cpus: int) -> None:
+    local_free_target = 128  # kernel/bpf/bpf_lru_list.h
+    assert sizing.established_entries(cpus) >= 2 * local_free_target * cpus
+
+
+@pytest.mark.parametrize("major,minor,kernel", [(0, 4, 4), (0, 300, 300), (8, 1, 8 << 20 | 1)])
+def test_namespace_device_in_the_kernel_encoding(major: int, minor: int, kernel: int) -> None:
+    assert kernel_dev(os.makedev(major, minor)) == kernel
