@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import urllib.request
@@ -29,7 +30,10 @@ def test_metrics_count_accepts_and_latency_per_listener() -> None:
         run.wait_for_lines(7)
         samples = _samples(metrics_port)
         run.stop()
-    labels = (("comm", "metricsrv"), ("laddr", "127.0.0.1"), ("lport", str(server.port)))
+    # The listener's identity (issue 13 item 5): no comm unless asked for, netns added.
+    netns = str(os.stat("/proc/self/ns/net").st_ino)
+    labels = (("container", ""), ("laddr", "127.0.0.1"), ("lport", str(server.port)),
+              ("namespace", ""), ("netns", netns), ("pod", ""))
     assert samples[("tcpaccept_accepts_total", labels)] == 7
     assert samples[("tcpaccept_queue_latency_seconds_count", labels)] == 7
     assert samples[("tcpaccept_listen_backlog_max", labels)] == 128
