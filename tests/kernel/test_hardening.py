@@ -166,12 +166,30 @@ def test_the_writer_keeps_whole_lines_on_a_full_tmpfs_and_counts_the_rest() -> N
     assert len(data) <= 64 * 1024
 
 
-def test_a_stalled_reader_cannot_hold_the_tracer_past_sigterm() -> None:
-    read_end, write_end = os.pipe()  # the test holds the read end and never reads
+def trickle(fd: int, stop_reading: threading.Event) -> threading.Thread:
+    """A reader that is alive but slow: 4 KiB every 0.2 s (never idle long enough to look
+    stalled, never fast enough to drain a full buffer)."""
+    def read() -> None:
+        while not stop_reading.is_set():
+            with contextlib.suppress(OSError):
+                os.read(fd, 4096)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("reader", ["stalled", "slow"])
+def test_a_stalled_reader_cannot_hold_the_tracer_past_sigterm(reader: str) -> None:
+    read_end, write_end = os.pipe()  # the test holds the read end: never reads, or slowly
+    stop_reading = threading.Event()
     with accept_load() as port:
         tracer = start(["-P", str(port)], stdout=write_end)
         os.close(write_end)
         programs = bpf_program_ids(tracer.proc.pid)
+        if reader == "slow":
+            trickle(read_end, stop_reading)
         try:
             assert programs, "positive control: the running tracer holds BPF programs"
             # The pipe (64 KiB) and then the output buffer fill; the loss is reported
@@ -183,9 +201,11 @@ def test_a_stalled_reader_cannot_hold_the_tracer_past_sigterm() -> None:
                 tracer.proc.wait(5)
             took = time.monotonic() - start_stop
         finally:
+            stop_reading.set()
             tracer.finish()
+            time.sleep(0.3)  # the trickle thread's last read
             os.close(read_end)
-    assert took < 1.0, f"tcpaccept took {took:.2f} s to end after SIGTERM (stalled reader)"
+    assert took < 1.0, f"tcpaccept took {took:.2f} s to end after SIGTERM ({reader} reader)"
     assert reported, f"no 'Lost N events (output stalled)' while stalled:\n{tracer.stderr}"
     assert tracer.proc.returncode == 0, tracer.stderr
     assert "Traceback" not in tracer.stderr

@@ -244,3 +244,15 @@ def test_a_closed_stdout_is_one_error_at_once() -> None:
     with pytest.raises(OutputError) as caught:
         OutputWriter(w)
     assert str(caught.value) == "cannot write output: Bad file descriptor (0 events not written)"
+
+
+def test_flush_after_close_does_not_wait_again() -> None:
+    r, w = os.pipe()
+    writer = OutputWriter(w)
+    writer.write_lines(LINE * 2000, 2000)  # more than the pipe holds; nobody reads
+    writer.close(timeout_s=0.1)
+    start = time.monotonic()
+    assert not writer.flush(5.0, idle_s=1.0)
+    assert time.monotonic() - start < 0.1
+    os.close(r)
+    os.close(w)

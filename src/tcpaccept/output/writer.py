@@ -148,6 +148,9 @@ class OutputWriter:
         output failed."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            if self._closed:  # what was left was counted as dropped: nothing to wait for
+                self._raise_if_failed(0)
+                return self._busy is None
             last_progress, last_time = self._bytes_out, time.monotonic()
             while True:
                 if self._error is not None or (not self._queue and self._busy is None):
