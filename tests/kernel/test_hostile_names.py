@@ -155,3 +155,17 @@ def test_extended_output_escapes_a_hostile_cgroup_path(hostile_cgroup: str) -> N
     shown = escape_text(os.path.basename(hostile_cgroup))
     assert shown.endswith("\\x1b[31mred\\tx\\\\y"), shown  # the test's own expectation
     assert rows[0].endswith(shown), rows[0]
+
+
+def test_summary_tables_escape_a_hostile_name() -> None:
+    with named_server(HOSTILE) as (pid, port):
+        tracer = start_tracer("-s", "0.5", "-P", str(port), json_mode=False)
+        try:
+            accept_once(pid, port, proc_stdout_wait=1.2)  # one interval's table at least
+        finally:
+            tracer.stop()
+    assert tracer.returncode == 0, tracer.stderr
+    assert "\x1b" not in tracer.stdout, "a raw escape reached the terminal"
+    rows = [line for line in tracer.stdout.splitlines() if f":{port} " in line]
+    assert rows and all(HOSTILE_SHOWN in row for row in rows), tracer.stdout
+    assert not any(line.startswith("X 1") for line in tracer.stdout.splitlines())
