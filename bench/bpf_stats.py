@@ -83,15 +83,19 @@ def prog_names(ids: set[int]) -> dict[int, str]:
 
 
 def delta(before: dict[int, ProgCounters], after: dict[int, ProgCounters]) -> dict:
-    """Per program runs, run time and ns per run over a window, and the total run time."""
+    """Runs, run time and ns per run of each program over a window, and the total run
+    time. Programs of one name are added up: bpftrace names both of its accept probes
+    `sys_exit_accept` (names are cut to 15 characters)."""
     names = prog_names(set(after))
-    programs = {}
+    by_name: dict[str, list[int]] = {}
     total_ns = 0
     for prog_id, now in after.items():
         then = before.get(prog_id, ProgCounters(0, 0))
         runs, ns = now.run_cnt - then.run_cnt, now.run_time_ns - then.run_time_ns
         total_ns += ns
-        if runs:
-            programs[names.get(prog_id, str(prog_id))] = {
-                "runs": runs, "ns": ns, "ns_per_run": round(ns / runs, 1)}
+        sums = by_name.setdefault(names.get(prog_id, str(prog_id)), [0, 0])
+        sums[0] += runs
+        sums[1] += ns
+    programs = {name: {"runs": runs, "ns": ns, "ns_per_run": round(ns / runs, 1)}
+                for name, (runs, ns) in by_name.items() if runs}
     return {"total_ns": total_ns, "programs": programs}
