@@ -160,11 +160,10 @@ def _log_run(result: RunResult) -> None:
 
 
 def paired_rounds(nginx: Nginx, variants: list[Variant], tool: Path, workdir: Path,
-                  rounds: int, seconds: int, rng: random.Random,
-                  quiet: QuietWait) -> list[RunResult]:
-    """Every traced variant once per round, each between two untraced runs. A broken
-    tracer stops the bench (TracerFailed) after its run is recorded."""
-    results: list[RunResult] = []
+                  rounds: int, seconds: int, rng: random.Random, quiet: QuietWait,
+                  results: list[RunResult]) -> None:
+    """Every traced variant once per round, each between two untraced runs; appends to
+    `results` as it goes, so a broken tracer (TracerFailed) leaves what was measured."""
     traced = [v for v in variants if v.kind]
     for r in range(1, rounds + 1):
         order = traced[:]
@@ -173,18 +172,12 @@ def paired_rounds(nginx: Nginx, variants: list[Variant], tool: Path, workdir: Pa
         sequence = [UNTRACED]
         for variant in order:
             sequence += [variant, UNTRACED]
-        round_results = []
+        first = len(results)
         for position, variant in enumerate(sequence):
             quiet({os.getpid(), *nginx.pids})
-            try:
-                result = one_run(nginx, variant, tool, workdir, seconds, r, position)
-            except TracerFailed:
-                results += round_results
-                raise
-            round_results.append(result)
-            _log_run(result)
-        for i in range(1, len(round_results), 2):
-            neighbours = (round_results[i - 1].rate, round_results[i + 1].rate)
-            round_results[i].baseline_rate = sum(neighbours) / 2
-        results += round_results
-    return results
+            results.append(one_run(nginx, variant, tool, workdir, seconds, r, position))
+            _log_run(results[-1])
+        this_round = results[first:]
+        for i in range(1, len(this_round), 2):
+            neighbours = (this_round[i - 1].rate, this_round[i + 1].rate)
+            this_round[i].baseline_rate = sum(neighbours) / 2

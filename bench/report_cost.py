@@ -53,6 +53,8 @@ def cost_rows(results: list[RunResult], variants: list[Variant]) -> tuple[list[R
         if "peer" in chosen else None
     for v in (v for v in variants if v.kind):
         by_round = _ratios(results, v.name)
+        if not by_round:  # a broken tracer ended the runs before this one
+            continue
         ratio = statistics.median(by_round.values())
         to_floor = [x / floor_by_round[r] for r, x in by_round.items() if r in floor_by_round]
         rate = median_or_none([r.rate for r in results if r.variant == v.name])
@@ -85,6 +87,8 @@ def cpu_rows(results: list[RunResult], variants: list[Variant]) -> list[Row]:
     rows = []
     for v in variants:
         runs = [r for r in results if r.variant == v.name]
+        if not runs:
+            continue
         per_req = statistics.median(r.nginx_cpu / r.rate * 1e6 for r in runs if r.rate)
         value = f"nginx {per_req:.1f} us/req"
         if v.kind:
@@ -150,6 +154,8 @@ def completeness_rows(results: list[RunResult],
     rows, broken = [], []
     for v in (v for v in variants if v.kind):
         runs = [r for r in results if r.variant == v.name]
+        if not runs:
+            continue
         lost = sum(r.lost or 0 for r in runs)
         ok = [r for r in runs if not r.problems]
         if v.exact:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -83,10 +84,18 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, variants: list[Variant], workdir: Path,
-            results: list[RunResult], starts: list[StartSample], broken: list[str]) -> dict:
-    """The kernel-side measurements: cost rounds, start samples, syscall tax. Fills
-    `results`, `starts` and `broken`; returns the syscall tax figures."""
+@dataclass
+class Measured:
+    results: list[RunResult] = field(default_factory=list)  # the cost runs
+    starts: list[StartSample] = field(default_factory=list)
+    tax: dict = field(default_factory=dict)  # the syscall tax
+    broken: list[str] = field(default_factory=list)  # what makes the exit status 1
+
+
+def measure(args: argparse.Namespace, variants: list[Variant], workdir: Path) -> Measured:
+    """The kernel-side measurements: cost rounds, start samples, syscall tax. A broken
+    tracer ends them; what was measured until then is kept."""
+    done = Measured()
     quiet = QuietWait(args.quiet_wait)
     nginx = Nginx(workdir)
     try:
@@ -95,11 +104,11 @@ def measure(args: argparse.Namespace, variants: list[Variant], workdir: Path,
             f"round(s) x {2 * len(variants) - 1} runs x {args.seconds} s, seed {args.seed}")
         if not args.quick:
             run_wrk(nginx.port, 2)  # warm-up, not reported
-        results += paired_rounds(nginx, variants, args.tool, workdir, args.rounds,
-                                 args.seconds, random.Random(args.seed), quiet)
+        paired_rounds(nginx, variants, args.tool, workdir, args.rounds, args.seconds,
+                      random.Random(args.seed), quiet, done.results)
     except TracerFailed as exc:
-        broken.append(str(exc))
-        return {}
+        done.broken.append(str(exc))
+        return done
     finally:
         nginx.stop()
     try:
@@ -107,14 +116,14 @@ def measure(args: argparse.Namespace, variants: list[Variant], workdir: Path,
         for i in range(args.rounds):
             for variant in (text, peer) if i % 2 == 0 else (peer, text):
                 quiet(set())
-                starts.append(start_sample(variant, args.tool))
+                done.starts.append(start_sample(variant, args.tool))
         tracers = {name: (lambda v=v: attached(v, args.tool, workdir, f"tax-{v.name}"))
                    for name, v in (("tcpaccept", Variant("floor", "floor")), ("peer", peer))}
-        return syscall_tax(workdir, tracers, rounds=1 if args.quick else 3,
-                           calls=1_000_000 if args.quick else 3_000_000)
+        done.tax = syscall_tax(workdir, tracers, rounds=1 if args.quick else 3,
+                               calls=1_000_000 if args.quick else 3_000_000)
     except TracerFailed as exc:
-        broken.append(str(exc))
-        return {}
+        done.broken.append(str(exc))
+    return done
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -126,15 +135,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (BenchError, subprocess.CalledProcessError) as exc:
         log(f"cannot run: {exc}")
         return 2
-    results: list[RunResult] = []
-    starts: list[StartSample] = []
-    broken: list[str] = []
     with RunTimeStats() as stats, tempfile.TemporaryDirectory(prefix="tcpaccept-bench-") as tmp:
         try:
-            tax = measure(args, variants, Path(tmp), results, starts, broken)
+            done = measure(args, variants, Path(tmp))
         except BenchError as exc:
             log(f"cannot run: {exc}")
             return 2
+    results, starts, broken = done.results, done.starts, done.broken
     if broken and not results:
         for problem in broken:
             log(f"BROKEN: {problem}")
@@ -147,9 +154,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     complete, problems = report_cost.completeness_rows(results, variants)
     broken += problems
     rows += bpf + complete
-    if tax:
-        rows += report.syscall_rows(tax)
-        figures["syscall_tax"] = tax
+    if done.tax:
+        rows += report.syscall_rows(done.tax)
+        figures["syscall_tax"] = done.tax
     rows += report.pipeline_rows(pipe)
     figures["pipeline"] = pipe
     start, figures["start"] = report.start_rows(starts, results)
