@@ -59,6 +59,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__autoload": (_c.c_bool, [_c.c_void_p]),
     "bpf_program__attach": (_c.c_void_p, [_c.c_void_p]),
     "bpf_link__destroy": (_c.c_int, [_c.c_void_p]),
+    "bpf_link__fd": (_c.c_int, [_c.c_void_p]),
+    "bpf_obj_get_info_by_fd": (_c.c_int, [_c.c_int, _c.c_void_p, _c.POINTER(_c.c_uint32)]),
     "bpf_map__fd": (_c.c_int, [_c.c_void_p]),
     "bpf_map__reuse_fd": (_c.c_int, [_c.c_void_p, _c.c_int]),
     "bpf_map__set_max_entries": (_c.c_int, [_c.c_void_p, _c.c_uint32]),
@@ -247,10 +249,36 @@ class Program:
         return Link(ptr, self.name)
 
 
+# struct bpf_link_info (UAPI): type, id, prog_id, then a union aligned to 8 bytes. For a
+# perf-event link: the event type at 16, then kprobe {func_name u64, name_len u32, offset
+# u32, addr u64, missed u64}: missed at 48 (6.7+; earlier kernels leave it 0).
+BPF_LINK_TYPE_PERF_EVENT = 7
+BPF_PERF_EVENT_KPROBE, BPF_PERF_EVENT_KRETPROBE = 3, 4
+_LINK_INFO_BYTES = 256  # more than any kernel's struct; the kernel wants the tail zero
+
+
 class Link:
     def __init__(self, ptr: int, name: str) -> None:
         self._ptr: Optional[int] = ptr
         self.name = name
+
+    def kprobe_missed(self) -> int:
+        """Times the kernel skipped this kprobe/kretprobe link's program: a kprobe hit
+        inside another, or (kretprobe) more calls in flight than its maxactive."""
+        if not self._ptr:
+            raise LibbpfError(f"link info of {self.name}", errno.EBADF)
+        info = ctypes.create_string_buffer(_LINK_INFO_BYTES)
+        size = ctypes.c_uint32(_LINK_INFO_BYTES)
+        fd = lib().bpf_link__fd(self._ptr)
+        rc = lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size))
+        if rc < 0:
+            raise LibbpfError(f"link info of {self.name}", ctypes.get_errno() or -rc)
+        link_type, event_type = (int.from_bytes(info.raw[at:at + 4], "little")
+                                 for at in (0, 16))
+        if link_type != BPF_LINK_TYPE_PERF_EVENT or event_type not in (
+                BPF_PERF_EVENT_KPROBE, BPF_PERF_EVENT_KRETPROBE):
+            raise LibbpfError(f"link info of {self.name}: not a kprobe link", errno.EINVAL)
+        return int.from_bytes(info.raw[48:56], "little")
 
     def close(self) -> None:
         if self._ptr:

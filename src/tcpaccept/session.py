@@ -21,7 +21,7 @@ from .config import Config, OutputConfig
 from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
 from .errors import TcpacceptError
-from .model import Drop
+from .model import Drop, Lost
 from .output.json_lines import JsonFormatter
 from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextOutput
 from .output.text import TextFormatter
@@ -225,8 +225,16 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                                            aggregates))
             sink = owned.enter_context(contextlib.closing(
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
+
+            def report_probe_misses() -> None:  # the kprobe method's blind spot, counted
+                missed = tracer.new_probe_misses()
+                if missed:
+                    sink.handle([Lost(missed, "kretprobe missed")])
+
+            chores.append(report_probe_misses)
             run(tracer, decoder.decode, sink, stop, _warn, count=output.count,
                 duration=output.duration, drops=drops, every_second=chores)
+            report_probe_misses()  # the last second's
             hidden = tracer.outside_pid_namespace()
             if hidden:
                 print(f"tcpaccept: {hidden} accepts by processes outside pid namespace "

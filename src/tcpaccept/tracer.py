@@ -16,6 +16,7 @@ from .errors import TcpacceptError
 from .event import Decoder, RecordLayout, default_object_path
 from .model import Container
 from .pidns import PidNamespace, shown_pid_namespace
+from .preflight import kernel_version
 
 _libc = ctypes.CDLL(None)
 
@@ -89,6 +90,8 @@ class Tracer:
         # Where PIDs are shown and -p matched; None: the initial namespace (pidns.py).
         self.pid_namespace: Optional[PidNamespace] = None
         self._outside_map: Optional[libbpf.Map] = None
+        self._kprobe_links: list[libbpf.Link] = []  # kprobe method: their misses are lost
+        self._misses_reported = 0
         self._container_cgroups: set[int] = set()  # what container_cgroups holds
         self._cgroup_inode = 0  # the --cgroup directory the filter points at
         self._cgroup_gone = False
@@ -169,6 +172,8 @@ class Tracer:
         self._fill_filter_maps(obj)
         for name in plan.programs:
             self._links.append(obj.program(name).attach())
+            if name in probes.PROGRAMS["kprobe"]:
+                self._kprobe_links.append(self._links[-1])
         self._lost_map = obj.map("lost_events")
         self._outside_map = obj.map("outside_pid_namespace")
         self._ring = libbpf.RingBuffer(obj.map("events"), self._on_sample)
@@ -258,6 +263,7 @@ class Tracer:
         self._open_fds.clear()
         self._lost_map = None
         self._outside_map = None
+        self._kprobe_links.clear()
 
     # -- events --
 
@@ -302,6 +308,25 @@ class Tracer:
         if self._object is None:
             raise TcpacceptError("tracer is not started")
         return self._object.map(name)
+
+    def new_probe_misses(self) -> int:
+        """Accepts the kernel did not hand to the kprobe method's programs since the last
+        call (the kretprobe's maxactive, max(10, 2 * CPUs), exhausted by threads blocked in
+        accept(), or a kprobe hit inside another). Read from the links (kernel 6.7+); where
+        they cannot be read, said once with --verbose and 0."""
+        if not self._kprobe_links:
+            return 0
+        try:
+            if kernel_version() < (6, 7):  # 6.6 has the link info, with no missed count
+                raise libbpf.LibbpfError("kprobe link info", errno.EOPNOTSUPP)
+            missed = sum(link.kprobe_missed() for link in self._kprobe_links)
+        except libbpf.LibbpfError as exc:
+            self.log(f"kprobe misses cannot be read ({exc}; they need kernel 6.7): "
+                     "accepts the kretprobe misses are not counted")
+            self._kprobe_links.clear()
+            return 0
+        fresh, self._misses_reported = max(0, missed - self._misses_reported), missed
+        return fresh
 
     def outside_pid_namespace(self) -> int:
         """Accepts not shown: their processes have no PID in the tracer's namespace."""
