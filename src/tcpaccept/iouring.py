@@ -17,6 +17,7 @@ Below 6.2 the programs are not offered (the request layout they read is 6.2's an
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import re
 import struct
@@ -78,6 +79,20 @@ def tracepoint_params(btf: int, tracepoint: str) -> Optional[int]:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def kernel_tracepoints() -> tuple[Optional[int], Optional[int]]:
+    """Parameters of io_uring_complete and io_uring_submit_req (None: absent). Parsing the
+    kernel's BTF takes ~50 ms: once per process (--check plans the method several times)."""
+    btf = libbpf.lib().btf__load_vmlinux_btf()
+    if not btf:
+        raise OSError("no kernel BTF")
+    try:
+        return (tracepoint_params(btf, "io_uring_complete"),
+                tracepoint_params(btf, "io_uring_submit_req"))
+    finally:
+        libbpf.lib().btf__free(btf)
+
+
 def support(wanted: bool = True) -> Support:
     """What this kernel allows; wanted=False (--no-io-uring) loads nothing."""
     if not wanted:
@@ -87,16 +102,13 @@ def support(wanted: bool = True) -> Support:
         return Support((), f"kernel {version[0]}.{version[1]} < "
                            f"{MIN_KERNEL[0]}.{MIN_KERNEL[1]}; fexit or kprobe see them")
     try:
-        btf = libbpf.lib().btf__load_vmlinux_btf()
+        complete_params, submit_params = kernel_tracepoints()
     except libbpf.LibbpfMissing as exc:
         return Support((), str(exc))
-    if not btf:
+    except OSError:
         return Support((), "no kernel BTF")
-    try:
-        complete = COMPLETE_PARAMS.get(tracepoint_params(btf, "io_uring_complete") or 0)
-        submit = tracepoint_params(btf, "io_uring_submit_req") is not None
-    finally:
-        libbpf.lib().btf__free(btf)
+    complete = COMPLETE_PARAMS.get(complete_params or 0)
+    submit = submit_params is not None
     if complete is None:
         return Support((), "no io_uring_complete tracepoint of a known signature "
                            "(kernel without io_uring?)")

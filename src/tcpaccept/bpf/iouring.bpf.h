@@ -93,7 +93,7 @@ struct uring_request {
  * without their request. LRU: a ring torn down mid-accept cannot fill it for good. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 4096);
 	__type(key, struct uring_request);
 	__type(value, __u64);
 } uring_accepts SEC(".maps");
