@@ -447,3 +447,29 @@ def test_an_empty_cpu_list_is_one_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("tcpaccept: "), result.stderr
     assert "/sys/devices/system/cpu/possible" in lines[0]
     assert result.returncode != 0
+
+
+def test_event_times_are_right_inside_a_time_namespace() -> None:
+    """The tracer's CLOCK_MONOTONIC a day ahead of the kernel's (`unshare --time`): event
+    times must still be now, not a day off (issue 14 item 7)."""
+    import datetime
+
+    with tempfile.TemporaryFile() as out, accept_load() as port:
+        proc = subprocess.Popen(["unshare", "--time", "--monotonic", "86400",
+                                 *tcpaccept_command("--json", "-P", str(port), "-n", "5")],
+                                stdout=out.fileno(), stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stderr = proc.stderr.read() if proc.stderr else ""
+        out.seek(0)
+        events = [json.loads(line) for line in out.read().splitlines()]
+    assert proc.returncode == 0, stderr
+    assert len(events) == 5, events
+    now = datetime.datetime.now().astimezone()
+    for event in events:
+        shown = datetime.datetime.fromisoformat(event["time"])
+        assert abs((now - shown).total_seconds()) < 30, (event["time"], now.isoformat())
