@@ -133,11 +133,15 @@ def test_io_uring_accepts_are_reported_exactly(mode: str, family: int, host: str
 
 def test_check_says_whether_io_uring_accepts_are_seen() -> None:
     line = io_uring_line()
-    has_tracepoint = os.path.isdir("/sys/kernel/tracing/events/io_uring/io_uring_submit_req")
-    if kernel() >= (6, 3) and has_tracepoint:
-        assert line.startswith("io_uring accepts: yes ("), line
-    elif kernel() < (6, 2):
+    events = "/sys/kernel/tracing/events/io_uring"
+    if kernel() < (6, 2):
         assert line.startswith("io_uring accepts: no (kernel "), line
+    elif os.path.isdir(f"{events}/io_uring_submit_req"):
+        assert line == "io_uring accepts: yes (tracepoint method, io_uring_complete)", line
+    elif os.path.isdir(f"{events}/io_uring_complete"):  # 6.2: no submit tracepoint yet
+        assert line.startswith("io_uring accepts: yes (single-shot only"), line
+    else:
+        assert line.startswith("io_uring accepts: no ("), line
 
 
 def test_no_io_uring_turns_only_the_tracepoint_hook_off() -> None:
