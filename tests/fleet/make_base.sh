@@ -6,7 +6,7 @@
 set -euo pipefail
 image=${1:-docker.io/library/debian:bookworm-slim}
 cache=/var/cache/tcpaccept
-tarball=$cache/bookworm-minbase.tar
+tarball=$cache/bookworm-minbase-slim.tar
 
 mirror() {
   # deb822 sources first (Debian 12 default), then the one-line format.
@@ -25,7 +25,23 @@ if [[ ! -s $tarball ]]; then
   trap 'rm -rf "$root"' EXIT
   debootstrap --variant=minbase bookworm "$root" "$(mirror)" >"$cache/debootstrap.log" 2>&1 \
     || { tail -n 20 "$cache/debootstrap.log" >&2; exit 1; }
-  # Like the official slim image: no apt lists or caches in the base.
+  # Like the official slim image: no documentation, manuals or translations (now and in
+  # every package installed later), no apt lists or caches.
+  cat >"$root/etc/dpkg/dpkg.cfg.d/slim" <<'CFG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+CFG
+  find "$root/usr/share/doc" -mindepth 1 ! -name copyright ! -type d -delete
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/groff/* \
+         "$root"/usr/share/lintian/* "$root"/usr/share/linda/*
+  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
   tar -C "$root" --numeric-owner -cf "$tarball.tmp" .
   mv "$tarball.tmp" "$tarball"
