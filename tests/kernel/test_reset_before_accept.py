@@ -57,10 +57,11 @@ def reset_clients(family: int, host: str, port: int, n: int) -> list[tuple[str, 
 
 
 @pytest.mark.parametrize("port_filter", [False, True], ids=["all", "port-filter"])
-@pytest.mark.parametrize(
-    "family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")],
-    ids=["ipv4", "ipv6"],
-)
+@pytest.mark.parametrize("family,host", [
+    pytest.param(socket.AF_INET, "127.0.0.1", id="ipv4"),
+    # The kernel matrix's guests run IPv4 only (minutes per cell under emulation).
+    pytest.param(socket.AF_INET6, "::1", id="ipv6", marks=pytest.mark.host_only),
+])
 def test_accepts_of_reset_connections_show_the_listeners_port(
         family: int, host: str, port_filter: bool) -> None:
     server = subprocess.Popen([sys.executable, "-c", SERVER_CODE, str(int(family)), host, COMM],
