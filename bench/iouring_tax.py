@@ -144,6 +144,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if others:
         print(f"note: {others} io_uring_complete hook(s) of other tracers are loaded: "
               "every variant pays for them", file=sys.stderr)
+    if BPF_STATS.read_text().strip() != "0":
+        print("note: kernel.bpf_stats_enabled is on: every BPF program run also pays two "
+              "clock reads, the tax shown includes them", file=sys.stderr)
     try:
         results = measure(program, args.nops, args.rounds)
         per_program = program_cost(program, args.nops)
