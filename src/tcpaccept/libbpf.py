@@ -273,17 +273,24 @@ class Link:
         rc = lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size))
         if rc < 0:
             raise LibbpfError(f"link info of {self.name}", ctypes.get_errno() or -rc)
-        link_type, event_type = (int.from_bytes(info.raw[at:at + 4], "little")
-                                 for at in (0, 16))
-        if link_type != BPF_LINK_TYPE_PERF_EVENT or event_type not in (
-                BPF_PERF_EVENT_KPROBE, BPF_PERF_EVENT_KRETPROBE):
+        missed = kprobe_missed_of(info.raw)
+        if missed is None:
             raise LibbpfError(f"link info of {self.name}: not a kprobe link", errno.EINVAL)
-        return int.from_bytes(info.raw[48:56], "little")
+        return missed
 
     def close(self) -> None:
         if self._ptr:
             lib().bpf_link__destroy(self._ptr)
             self._ptr = None
+
+
+def kprobe_missed_of(link_info: bytes) -> Optional[int]:
+    """kprobe.missed of a struct bpf_link_info; None unless it is a kprobe perf link."""
+    link_type, event_type = (int.from_bytes(link_info[at:at + 4], "little") for at in (0, 16))
+    if link_type != BPF_LINK_TYPE_PERF_EVENT or event_type not in (
+            BPF_PERF_EVENT_KPROBE, BPF_PERF_EVENT_KRETPROBE):
+        return None
+    return int.from_bytes(link_info[48:56], "little")
 
 
 class BpfObject:
