@@ -165,25 +165,34 @@ static __always_inline void count_remote(struct listener_key *listener, const __
 		__sync_fetch_and_add(count, 1); /* another CPU inserted it meanwhile */
 }
 
-/* One accept that passed the filters. `owner` is the listening socket (the child when the
- * attach method could not find the listener: then its local address stands in). */
+/* A field through a BTF pointer when `direct` (the tracepoint program that walks BTF
+ * pointers, 6.2+), else with a probe read: as KREAD in tcpaccept.bpf.c. */
+#define AGG_READ(direct, src, ...) \
+	((direct) ? ___arrow((src), __VA_ARGS__) : BPF_CORE_READ((src), __VA_ARGS__))
+
+/* One accept that passed the filters. `listener` may be NULL (the attach method could not
+ * find it): then the child's local address stands in for the bound one. `id` is the
+ * accepting task's tgid << 32 | tid as shown; `task` its BTF pointer when `direct`. */
 static __always_inline void aggregate_accept(struct sock *listener, struct sock *child,
 					     __u16 lport, __u32 netns, const __u8 *raddr,
-					     __u64 now, bool latency_measured, __u64 latency_ns)
+					     __u64 now, bool latency_measured, __u64 latency_ns,
+					     __u64 id, struct task_struct *task, const bool direct)
 {
 	struct sock *owner = listener ? listener : child;
 	struct listener_key key;
-	__u16 family = BPF_CORE_READ(owner, __sk_common.skc_family);
+	__u16 family = AGG_READ(direct, owner, __sk_common.skc_family);
 
 	__builtin_memset(&key, 0, sizeof(key));
-	key.cgroup_id = bpf_get_current_cgroup_id();
+	key.cgroup_id = direct ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
 	key.netns = netns;
 	key.family = family;
 	key.lport = lport;
 	if (family == AF_INET) {
-		__be32 bound = BPF_CORE_READ(owner, __sk_common.skc_rcv_saddr);
+		__be32 bound = AGG_READ(direct, owner, __sk_common.skc_rcv_saddr);
 
 		__builtin_memcpy(key.laddr, &bound, 4);
+	} else if (direct) {
+		__builtin_memcpy(key.laddr, owner->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
 	} else {
 		BPF_CORE_READ_INTO(&key.laddr, owner, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 	}
@@ -200,11 +209,16 @@ static __always_inline void aggregate_accept(struct sock *listener, struct sock 
 		stats->latency_slots[latency_slot(latency_ns) & (LATENCY_SLOTS - 1)] += 1;
 	}
 	if (listener) {
-		stats->backlog = BPF_CORE_READ(listener, sk_ack_backlog);
-		stats->backlog_max = BPF_CORE_READ(listener, sk_max_ack_backlog);
+		stats->backlog = AGG_READ(direct, listener, sk_ack_backlog);
+		stats->backlog_max = AGG_READ(direct, listener, sk_max_ack_backlog);
 	}
-	stats->pid = shown_tgid(); /* as the tracer's PID namespace numbers it */
-	accepting_comm(stats->comm);
+	stats->pid = id >> 32;
+	if (!direct)
+		accepting_comm(stats->comm);
+	else if (task->flags & PF_IO_WORKER) /* as accepting_comm, without probe reads */
+		__builtin_memcpy(stats->comm, task->group_leader->comm, sizeof(stats->comm));
+	else
+		__builtin_memcpy(stats->comm, task->comm, sizeof(stats->comm));
 	if (aggregate_remotes) {
 		__u32 zero = 0;
 		__u32 *epoch = bpf_map_lookup_elem(&aggregate_epoch, &zero);

@@ -438,7 +438,7 @@ static __always_inline int build_accept(struct sock *child, struct sock *listene
 	}
 	if (aggregate)
 		aggregate_accept(listener, child, lport, netns, remote.addr, now, latency_measured,
-				 latency_ns);
+				 latency_ns, id, task, direct);
 	if (!emit_records) /* nobody prints lines: the maps are the output */
 		return 0;
 
