@@ -12,7 +12,7 @@ from tests.support.tracer import start_tracer, tcpaccept_command
 
 JSON_KEYS = {"event", "time", "pid", "tid", "comm", "family", "raddr", "rport", "laddr",
              "lport", "backlog", "backlog_max", "fd", "listen_fd", "uid", "netns", "cgroup_id",
-             "queue_latency_us"}
+             "queue_latency_us", "container_id", "container", "pod", "namespace"}
 
 
 def test_json_mode_prints_only_json_on_stdout() -> None:

@@ -403,7 +403,7 @@ def test_pinned_map_of_the_wrong_layout_is_refused(traffic: Traffic, flag: str, 
        "entries", "4", "name", "bad")
     result = subprocess.run(tcpaccept_command(flag, path, "-d", "5"), capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad value, like every other flag's
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"tcpaccept: {flag} {path}: ") and "hash" in line, line
@@ -469,14 +469,15 @@ def test_extended_columns(traffic: Traffic) -> None:
     run.stop()
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[1].split()[-4:] == ["UID", "NETNS", "FD", "CGROUP"]
+    assert lines[1].split()[-5:] == ["UID", "NETNS", "FD", "CONTAINER", "CGROUP"]
     rows = [line.split() for line in lines[2:]]
     wanted = [c for c in conns if c.server in ("ab", "ns1")]
     assert len(rows) == len(wanted), lines
     by_rport = {int(row[4]): row for row in rows}  # TIME PID COMM RADDR RPORT ...
     for c in wanted:
         row = by_rport[c.rport]
-        uid, netns, fd, cgroup = row[-4:]
+        uid, netns, fd, container, cgroup = row[-5:]
+        assert container == "-"  # not in a container
         assert int(row[1]) == c.pid
         assert int(uid) == c.uid
         assert int(netns) == c.netns
