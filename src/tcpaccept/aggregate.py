@@ -96,7 +96,7 @@ def merge_cpus(values: list[tuple], peak_epoch: Optional[int] = None) -> Listene
         totals.last_seen_ns = latest[3]
         totals.backlog = latest[36]
         totals.pid = latest[40]
-        totals.comm = latest[42].split(b"\0", 1)[0].decode(errors="replace")
+        totals.comm = latest[42].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     return totals
 
 
@@ -105,6 +105,23 @@ def remote_address(raw: bytes) -> str:
     if raw[:12] == _V4_MAPPED:
         return str(ipaddress.IPv4Address(raw[12:]))
     return str(ipaddress.IPv6Address(raw))
+
+
+LISTENERS_MAX = 4096  # listener_stats' max_entries in the object
+MAP_BUDGET_BYTES = 64 << 20  # per-CPU values of listener_stats, all CPUs together
+
+
+def listener_entries(ncpus: int) -> int:
+    """listener_stats' size: 4096 listeners, fewer where a value times the CPUs would
+    pass the budget (a 128-CPU host: 1598), never under 256."""
+    return max(256, min(LISTENERS_MAX, MAP_BUDGET_BYTES // (LISTENER_STATS.size * ncpus)))
+
+
+def size_maps(obj: libbpf.BpfObject, remotes: bool, ncpus: Optional[int] = None) -> None:
+    """Before load: size the aggregation maps for this host and mode."""
+    obj.map("listener_stats").set_max_entries(listener_entries(ncpus or possible_cpus()))
+    if not remotes:  # only -s reads the (preallocated) remotes LRU
+        obj.map("remote_counts").set_max_entries(1)
 
 
 class MapSource(Protocol):

@@ -42,6 +42,7 @@ from prometheus_client.utils import floatToGoString
 
 from .aggregate import AggregateReader, ListenerKey, ListenerTotals, slot_upper_us
 from .model import Container, Drop, Item, Lost
+from .output.escape import escape_text
 
 DEFAULT_LABELS = ("laddr", "lport", "netns", "container", "namespace", "pod")
 KNOWN_LABELS = DEFAULT_LABELS + ("comm",)
@@ -152,10 +153,14 @@ class MetricsSink:
 
     def _values(self, laddr: str, lport: int, netns: int, container: Optional[Container],
                 comm: str) -> tuple[str, ...]:
-        known = {"laddr": laddr, "lport": str(lport), "netns": str(netns), "comm": comm,
-                 "container": container.short if container else "",
-                 "namespace": (container.namespace or "") if container else "",
-                 "pod": (container.pod or "") if container else ""}
+        # Names from the traced system, escaped as in text output: no control characters
+        # on a scraper's terminal, and no lone surrogate (invalid UTF-8) that the
+        # exposition could not encode (the whole scrape would fail).
+        known = {"laddr": laddr, "lport": str(lport), "netns": str(netns),
+                 "comm": escape_text(comm),
+                 "container": escape_text(container.short) if container else "",
+                 "namespace": escape_text(container.namespace or "") if container else "",
+                 "pod": escape_text(container.pod or "") if container else ""}
         return tuple(known[name] for name in self.labels)
 
     def _listener_values(self, key: ListenerKey, totals: ListenerTotals) -> tuple[str, ...]:

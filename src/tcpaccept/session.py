@@ -22,6 +22,7 @@ from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
 from .errors import TcpacceptError
 from .model import Drop, Lost
+from .output.clock import WallClock
 from .output.json_lines import JsonFormatter
 from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextOutput
 from .output.text import TextFormatter
@@ -191,7 +192,14 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                         if _needs_containers(config, output) else None)
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
                                      container_of=resolver.resolve if resolver else None)
-            chores = []
+            # The wall clock can be stepped (NTP, an operator) during a long run: re-read
+            # the monotonic->wall offset every 2 s (WallClock decides; checked each second).
+            clock = WallClock()
+
+            def reanchor_clock() -> None:
+                decoder.boot_to_wall_ns = clock.offset_ns()
+
+            chores = [reanchor_clock]
             if config.containers and resolver is not None:
                 def refresh_container_filter() -> None:
                     tracer.set_container_cgroups(resolver.cgroup_ids_for(config.containers))

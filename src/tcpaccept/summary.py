@@ -33,6 +33,7 @@ from .aggregate import (
 )
 from .model import Container, Drop, Item, Lost
 from .output.clock import hms, iso_prefix
+from .output.escape import escape_text
 from .sink import LostNotices
 
 TOP_REMOTES = 5
@@ -239,7 +240,7 @@ class SummarySink:
         for r in rows:
             backlog = f"{r['backlog']}/{r['backlog_max']}"
             where = endpoint(r["laddr"], r["lport"])
-            w(f"{where:<46} {r['pid']:<7} {r['comm']:<15} {r['accepts']:>8} "
+            w(f"{where:<46} {r['pid']:<7} {escape_text(r['comm']):<15} {r['accepts']:>8} "
               f"{r['accepts_per_s']:>9.1f} {backlog:>11} {r['backlog_peak']:>6} "
               f"{_ms(r['queue_latency_p50_us']):>9} {_ms(r['queue_latency_p99_us']):>9} "
               f"{_ms(r['queue_latency_max_us']):>9} {r['drops']:>6}\n")
@@ -268,7 +269,7 @@ class SummarySink:
                 })
             else:
                 self.out.write(f"\nqueue latency, listener {endpoint(key.laddr, key.lport)} "
-                               f"(last pid {totals.pid} {totals.comm}):\n")
+                               f"(last pid {totals.pid} {escape_text(totals.comm)}):\n")
                 self.out.write(histogram.render() + "\n")
         self.out.flush()
         self._notices.close()

@@ -14,8 +14,8 @@ from ..sink import LostNotices
 
 # How long close() waits for queued lines to reach a reader, and for a reader that takes
 # nothing at all (a stalled pipe: waiting longer only delays the exit after SIGTERM).
-CLOSE_TIMEOUT_S = 5.0
-CLOSE_IDLE_S = 0.3
+CLOSE_TIMEOUT_S = 0.5  # SIGINT/SIGTERM end the run within 1 s, whatever the reader
+CLOSE_IDLE_S = 0.1
 
 
 class Output(Protocol):
