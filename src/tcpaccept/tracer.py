@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from . import libbpf, probes, sizing
+from . import aggregate, libbpf, probes, sizing
 from .btf import Btf, DataSection
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
@@ -162,6 +162,7 @@ class Tracer:
                   self.pid_namespace)
         for name, value in self.aggregation.items():
             rodata.set(name, value)
+        aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"])
         self._check_filter_sizes(obj)
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
         obj.map("established_at").set_max_entries(sizing.established_entries(self._ncpus))

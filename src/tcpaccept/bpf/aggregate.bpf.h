@@ -61,15 +61,19 @@ enum aggregate_counter {
 	AGG_COUNTERS = 2,
 };
 
-/* 32 B key, 328 B value per CPU: 4096 listeners take 1.3 MB per possible CPU. */
+/* 32 B key, 328 B value per possible CPU. Allocated as listeners appear (nothing when
+ * aggregation is off); user space lowers max_entries on hosts with many CPUs
+ * (aggregate.size_maps: a 64 MiB ceiling). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct listener_key);
 	__type(value, struct listener_stats);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } listener_stats SEC(".maps");
 
-/* Top remotes for the summary: bounded by the LRU, so a scan costs nothing but evictions. */
+/* Top remotes for the summary: bounded by the LRU, so a scan costs nothing but evictions.
+ * LRU maps are preallocated: user space shrinks it to 1 entry unless -s reads it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
