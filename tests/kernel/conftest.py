@@ -33,9 +33,25 @@ HOST_ONLY_MODULES = {
 }
 
 
+# Modules whose outcome does not depend on the attach method (sock_diag, output, the
+# session, cgroup bookkeeping): the matrix runs them once per kernel, with the tracepoint
+# method, instead of once per method.
+METHOD_AGNOSTIC_MODULES = {
+    "test_cli.py",
+    "test_drops.py",
+    "test_drops_cli.py",
+    "test_drops_netns.py",
+    "test_follow_cgroup.py",
+    "test_hostile_names.py",
+    "test_session.py",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/kernel/" in str(item.fspath):
             item.add_marker(pytest.mark.kernel)
             if item.fspath.basename in HOST_ONLY_MODULES:
                 item.add_marker(pytest.mark.host_only)
+            if item.fspath.basename in METHOD_AGNOSTIC_MODULES:
+                item.add_marker(pytest.mark.method_agnostic)
