@@ -250,10 +250,19 @@ class AggregateReader:
                ttl_ns: int) -> list[ListenerKey]:
         """Delete the entries of listeners idle for ttl_ns (their counters restart from 0 if
         they accept again); returns the keys deleted, which callers drop from their dicts."""
-        gone = [key for key, totals in listeners.items()
-                if now_ns - totals.last_seen_ns > ttl_ns]
-        for key in gone:
-            self.listeners.delete(_pack_key(key))
+        gone = []
+        for key, totals in listeners.items():
+            if now_ns - totals.last_seen_ns <= ttl_ns:
+                continue
+            raw = _pack_key(key)
+            # Read again right before the delete: an accept since the walk keeps the entry
+            # (what remains is the few-microsecond window between this read and the delete).
+            fresh = self.listeners.lookup(raw)
+            if fresh is not None and merge_cpus(
+                    [LISTENER_STATS.unpack(v) for v in fresh]).last_seen_ns != totals.last_seen_ns:
+                continue
+            self.listeners.delete(raw)
+            gone.append(key)
         return gone
 
     def read_remotes(self) -> dict[tuple[ListenerKey, str], int]:
