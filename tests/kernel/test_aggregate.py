@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+from typing import Iterator
 
+import pytest
 from prometheus_client import generate_latest
 
 from tcpaccept.aggregate import AggregateReader
 from tcpaccept.config import Config
 from tcpaccept.metrics import MetricsSink
 from tcpaccept.tracer import Tracer
+from tests.support import netns
 from tests.support.accept_load import accept_server, connect_many, samples, scrape
 from tests.support.child import free_port
+from tests.support.netns import NetNamespace
+from tests.support.servers import connect, start_server
 from tests.support.tracer import PROBE, start_tracer
 
 NETNS = str(os.stat("/proc/self/ns/net").st_ino)
@@ -129,3 +135,59 @@ def test_summary_remotes_map_is_bounded_and_says_when_it_evicts() -> None:
     assert all(r["raddr"].startswith("127.2.") for r in summary["top_remotes"])
     (histogram,) = [o for o in objects if o["event"] == "histogram"]
     assert sum(b["count"] for b in histogram["buckets"]) == n
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[tuple[NetNamespace, NetNamespace]]:
+    first = netns.create("tcpa-agg")
+    second = netns.create("tcpa-agg")
+    try:
+        yield next(first), next(second)
+    finally:
+        for created in (first, second):
+            created.close()  # runs the generator's cleanup: ip netns delete
+
+
+def test_same_address_and_port_in_two_namespaces_are_two_series(
+        two_namespaces: tuple[NetNamespace, NetNamespace]) -> None:
+    a, b = two_namespaces
+    port = free_port()
+    metrics_port = free_port()
+    with start_server(port=port, backlog=16, netns=a.name) as in_a, \
+            start_server(port=port, backlog=32, netns=b.name) as in_b:
+        run = start_tracer("--metrics", f"127.0.0.1:{metrics_port}", "--quiet",
+                           "-P", str(port))
+        try:
+            clients = [connect("127.0.0.1", port, netns=a.name) for _ in range(3)]
+            clients += [connect("127.0.0.1", port, netns=b.name) for _ in range(5)]
+            in_a.accept(3)
+            in_b.accept(5)
+            body = scrape(metrics_port)
+        finally:
+            run.stop()
+            for c in clients:
+                c.close()
+    by_netns = {labels["netns"]: (labels["laddr"], value)
+                for labels, value in samples(body, "tcpaccept_accepts_total", lport=str(port))}
+    assert by_netns == {str(a.inode): ("127.0.0.1", 3), str(b.inode): ("127.0.0.1", 5)}
+    limits = {labels["netns"]: value for labels, value in
+              samples(body, "tcpaccept_listen_backlog_max", lport=str(port))}
+    assert limits == {str(a.inode): 16, str(b.inode): 32}
+
+
+def test_dual_stack_wildcard_listener_is_keyed_by_its_bound_address() -> None:
+    metrics_port = free_port()
+    with start_server(host="::", family=socket.AF_INET6, v6only=False) as server:
+        run = start_tracer("--metrics", f"127.0.0.1:{metrics_port}", "--quiet",
+                           "-P", str(server.port))
+        try:
+            clients = [connect("127.0.0.1", server.port) for _ in range(2)]
+            clients.append(connect("::1", server.port, family=socket.AF_INET6))
+            server.accept(3)
+            body = scrape(metrics_port)
+        finally:
+            run.stop()
+            for c in clients:
+                c.close()
+    series = samples(body, "tcpaccept_accepts_total", lport=str(server.port))
+    assert [(labels["laddr"], value) for labels, value in series] == [("::", 3)]
