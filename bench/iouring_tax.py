@@ -5,15 +5,17 @@ tests/support/uring/nop_loop.c (batches of 32 IORING_OP_NOP, one io_uring_enter 
 
     python bench/iouring_tax.py [--nops 2000000] [--rounds 7] [--smoke] [--json out.json]
 
-Three variants, interleaved in each round so drift hits all alike:
+Four variants, interleaved in each round so drift hits all alike:
   untraced      no tracer
   no-io-uring   tcpaccept --probe tracepoint --no-io-uring (the syscall hooks only)
   io_uring      tcpaccept --probe tracepoint (io_uring_submit_req + io_uring_complete)
+  floor         no tracer, near-empty programs on the same two tracepoints
+                (bench/iouring_floor.bpf.c, built with clang): the kernel's dispatch cost
 It prints each variant's median CPU ns per NOP (the loop's user + system time, where the
 tracepoints run: other load on the machine inflates wall time, much less this) and the
 tax: the median over rounds of (variant - untraced) from the same round; wall ns as well.
-Then, with kernel.bpf_stats_enabled briefly on, the programs' own run time per invocation
-as the kernel counts it (stats add their own clock reads: an upper bound).
+Then, with BPF run-time stats briefly on, the programs' own run time per invocation as
+the kernel counts it (stats add their own clock reads: an upper bound).
 
 Needs root, gcc and liburing-dev (the loop is built like the tests build their servers).
 Exit status 0 when it measured, 1 when a tracer failed, 2 when it could not run.
@@ -27,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -35,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "src"))
 
+from bench.bpf_stats import RunTimeStats  # noqa: E402
 from tests.support.uring import binary  # noqa: E402
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
@@ -42,9 +46,12 @@ VARIANTS = {
     "untraced": None,
     "no-io-uring": ["--probe", "tracepoint", "--no-io-uring"],
     "io_uring": ["--probe", "tracepoint"],
+    "floor": None,
 }
+FLOOR_SOURCE = REPO / "bench" / "iouring_floor.bpf.c"
+FLOOR_PROGRAMS = ("floor_submit_req", "floor_complete")
 PROGRAMS = ("iouring_complete", "iouring_submit_req")  # names as the kernel keeps them
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 class Tracer:
@@ -76,16 +83,43 @@ def nop_loop(program: Path, nops: int) -> dict[str, float]:
     return json.loads(out)
 
 
-def measure(program: Path, nops: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+class Floor:
+    """The near-empty programs, loaded and attached for one run."""
+
+    def __init__(self, obj_path: Path) -> None:
+        from tcpaccept import libbpf
+
+        self.obj = libbpf.BpfObject(str(obj_path))
+        self.obj.load()
+        self.links = [self.obj.program(name).attach() for name in FLOOR_PROGRAMS]
+
+    def stop(self) -> None:
+        for link in self.links:
+            link.close()
+        self.obj.close()
+
+
+def build_floor(into: Path) -> Path:
+    target = into / "iouring_floor.bpf.o"
+    arch = os.uname().machine
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf",
+                    f"-D__TARGET_ARCH_{'x86' if arch == 'x86_64' else arch}",
+                    f"-I/usr/include/{arch}-linux-gnu", "-c", str(FLOOR_SOURCE),
+                    "-o", str(target)], check=True, capture_output=True, text=True)
+    return target
+
+
+def measure(program: Path, floor: Path, nops: int,
+            rounds: int) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     for _ in range(rounds):
         for name, args in VARIANTS.items():
-            tracer = Tracer(args) if args else None
+            hooks = Tracer(args) if args else Floor(floor) if name == "floor" else None
             try:
                 results[name].append(nop_loop(program, nops))
             finally:
-                if tracer:
-                    tracer.stop()
+                if hooks:
+                    hooks.stop()
     return results
 
 
@@ -103,15 +137,17 @@ def loaded_programs() -> list[dict]:
 
 def program_cost(program: Path, nops: int) -> dict[str, Optional[float]]:
     """ns per invocation of each io_uring program, from the kernel's BPF run-time stats."""
-    previous = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1")
-    tracer = Tracer(VARIANTS["io_uring"] or [])
-    try:
-        nop_loop(program, nops)
-        shown = loaded_programs()
-    finally:
-        tracer.stop()
-        BPF_STATS.write_text(previous)
+    # BPF_ENABLE_STATS (bench/bpf_stats.py): on while the fd is open, counted with other
+    # users; the sysctl would be one global switch shared with everyone on the machine.
+    with RunTimeStats() as stats:
+        if stats.error:
+            return {name: None for name in PROGRAMS}
+        tracer = Tracer(VARIANTS["io_uring"] or [])
+        try:
+            nop_loop(program, nops)
+            shown = loaded_programs()
+        finally:
+            tracer.stop()
     cost: dict[str, Optional[float]] = {}
     for name in PROGRAMS:
         progs = [p for p in shown if p.get("name", "")[:15] == name[:15] and p.get("run_cnt")]
@@ -144,12 +180,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if others:
         print(f"note: {others} io_uring_complete hook(s) of other tracers are loaded: "
               "every variant pays for them", file=sys.stderr)
-    if BPF_STATS.read_text().strip() != "0":
+    if BPF_STATS_SYSCTL.read_text().strip() != "0":
         print("note: kernel.bpf_stats_enabled is on: every BPF program run also pays two "
               "clock reads, the tax shown includes them", file=sys.stderr)
     try:
-        results = measure(program, args.nops, args.rounds)
+        with tempfile.TemporaryDirectory(prefix="iouring-tax-") as tmp:
+            results = measure(program, build_floor(Path(tmp)), args.nops, args.rounds)
         per_program = program_cost(program, args.nops)
+    except subprocess.CalledProcessError as exc:
+        print(f"iouring_tax: {' '.join(exc.cmd[:1])} failed: {exc.stderr}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"iouring_tax: {exc}", file=sys.stderr)
         return 1
