@@ -160,23 +160,14 @@ def probe_helper(prog_type: int, helper_id: int) -> bool:
     return lib().libbpf_probe_bpf_helper(prog_type, helper_id, None) == 1
 
 
-BTF_KIND_STRUCT, BTF_KIND_FUNC = 4, 12
+BTF_KIND_STRUCT = 4
 
 
 def kernel_has_struct(name: str) -> bool:
     """Whether the running kernel's BTF defines `struct name`."""
-    return _kernel_btf_has(name, BTF_KIND_STRUCT)
-
-
-def kernel_has_func(name: str) -> bool:
-    """Whether the running kernel's BTF has function `name` (a kfunc, for instance)."""
-    return _kernel_btf_has(name, BTF_KIND_FUNC)
-
-
-def _kernel_btf_has(name: str, kind: int) -> bool:
     btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
     try:
-        return lib().btf__find_by_name_kind(btf, name.encode(), kind) > 0
+        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
     finally:
         lib().btf__free(btf)
 

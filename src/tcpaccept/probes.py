@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import iouring, libbpf
+from .btf import kernel_btf_has_name
 from .errors import TcpacceptError
 from .preflight import BTF_PATH, ensure_tracefs
 
@@ -64,7 +65,7 @@ def btf_walk_unusable(saved_regs: bool) -> Optional[str]:
         return "no bpf_get_current_task_btf for tracepoints (kernel < 5.11)"
     if not saved_regs:
         return "no bpf_task_pt_regs (kernel < 5.15)"
-    if not libbpf.kernel_has_func("bpf_rdonly_cast"):
+    if not kernel_btf_has_name("bpf_rdonly_cast"):
         return "no bpf_rdonly_cast kfunc (kernel < 6.2)"
     return None
 
