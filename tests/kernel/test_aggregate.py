@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 from prometheus_client import generate_latest
 
+from tcpaccept import aggregate
 from tcpaccept.aggregate import AggregateReader
 from tcpaccept.config import Config
 from tcpaccept.metrics import MetricsSink
@@ -191,3 +192,28 @@ def test_dual_stack_wildcard_listener_is_keyed_by_its_bound_address() -> None:
                 c.close()
     series = samples(body, "tcpaccept_accepts_total", lport=str(server.port))
     assert [(labels["laddr"], value) for labels, value in series] == [("::", 3)]
+
+
+def test_a_full_listener_map_counts_what_it_could_not_aggregate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aggregate, "listener_entries", lambda _ncpus: 4)
+    servers = [start_server() for _ in range(6)]
+    try:
+        ports = frozenset(s.port for s in servers)
+        with Tracer(Config(probe=PROBE, lports=ports), aggregate=True,
+                    emit_records=False) as tracer:
+            reader = AggregateReader(tracer)
+            for server in servers:
+                client = connect("127.0.0.1", server.port)
+                server.accept(1)
+                client.close()
+            sink = MetricsSink(reader, labels=("lport",))
+            body = generate_latest(sink.registry)
+            counted = sum(v for _, v in samples(body, "tcpaccept_accepts_total"))
+    finally:
+        for server in servers:
+            server.close()
+    assert reader.listeners.max_entries == 4
+    assert counted == 4
+    assert samples(body, "tcpaccept_aggregation_overflow_total", map="listener_stats") == [
+        ({"map": "listener_stats"}, 2)]
