@@ -18,6 +18,8 @@ from typing import Optional
 import pytest
 
 from tcpaccept import libbpf, probes
+from tcpaccept.event import OBJECT_ENV
+from tests.support.bpf_variants import build_variant, replace
 from tests.support.tracer import start_tracer
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -108,3 +110,29 @@ def test_both_accept_programs_report_every_field(
         event = by_rport[expected["rport"]]
         got = {key: event[key] for key in (*expected, *common)}
         assert got == {**expected, **common}, event
+
+
+def test_a_refused_btf_walk_falls_back_to_probe_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel whose verifier refuses the BTF walk (built here with a load it must
+    refuse) still traces, with the probe-read program, and --verbose says why."""
+    if expected_program() != "btf-walk":
+        pytest.fail("this kernel does not offer the BTF walk: nothing to fall back from")
+    refused = build_variant(tmp_path, {"tcpaccept.bpf.c": replace(
+        "\tstruct task_struct *task = bpf_get_current_task_btf();\n\t__s32 fd = (__s32)ctx->ret;\n",
+        "\tstruct task_struct *task = bpf_get_current_task_btf();\n\t__s32 fd = (__s32)ctx->ret;\n"
+        "\n\tif (fd == 123456789) /* a load through a plain number: never verifiable */\n"
+        "\t\treturn *(int *)(long)ctx->ret;\n")})
+    monkeypatch.setenv(OBJECT_ENV, str(refused))
+    run = start_tracer("--probe", "tracepoint", "-v", "-p", str(os.getpid()))
+    fds: list[int] = []
+    try:
+        truth, fds = traffic(socket.AF_INET, "127.0.0.1", None)
+    finally:
+        run.stop()
+        for fd in fds:
+            os.close(fd)
+    assert "accept program btf-walk not usable: " in run.stderr, run.stderr
+    assert "accept program: probe-read" in run.stderr, run.stderr
+    assert sorted(e["rport"] for e in run.events([os.getpid()])) == \
+        sorted(t["rport"] for t in truth)

@@ -5,12 +5,13 @@ Builds edited copies of the object with clang (no kernel needed to read their BT
 from __future__ import annotations
 
 import socket
+import struct
 from pathlib import Path
 
 import pytest
 
 from tcpaccept import libbpf
-from tcpaccept.btf import Btf, DataSection
+from tcpaccept.btf import Btf, DataSection, kernel_btf_has_name
 from tcpaccept.errors import TcpacceptError
 from tcpaccept.event import PACKAGED_OBJECT, Decoder, RecordLayout
 from tests.support.bpf_variants import build_variant, replace, swap_members
@@ -95,3 +96,14 @@ def test_rodata_variables_are_set_by_name_and_checked() -> None:
             rodata.set("target_uid", 5, size=8)
         with pytest.raises(TcpacceptError, match="'filter_uid' is 1 bytes.* writes 4"):
             rodata.set("filter_uid", 1)
+
+
+def test_kernel_btf_names_are_whole_strings_of_the_string_section(tmp_path: Path) -> None:
+    strings = b"\0file\0bpf_rdonly_cast\0"
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, 0, 0, len(strings))
+    btf_file = tmp_path / "vmlinux"
+    btf_file.write_bytes(header + strings + b"\0outside_the_strings\0")
+    assert kernel_btf_has_name("bpf_rdonly_cast", str(btf_file))
+    assert not kernel_btf_has_name("bpf_rdonly_cas", str(btf_file))  # a prefix only
+    assert not kernel_btf_has_name("outside_the_strings", str(btf_file))
+    assert not kernel_btf_has_name("file", str(tmp_path / "missing"))
