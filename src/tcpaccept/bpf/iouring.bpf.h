@@ -135,9 +135,12 @@ static __always_inline struct sock *sock_of_slot(void *ring, __u32 slot)
 	return sock_of_file((struct file *)(file_ptr & ~FIXED_FILE_FLAGS));
 }
 
-static __always_inline void forget_request(struct uring_request *key)
+/* Only if it still names this request: another accept in flight may reuse the user_data. */
+static __always_inline void forget_request(struct uring_request *key, struct io_kiocb *req)
 {
-	if (!bpf_map_delete_elem(&uring_accepts, key))
+	__u64 *saved = bpf_map_lookup_elem(&uring_accepts, key);
+
+	if (saved && *saved == (__u64)req && !bpf_map_delete_elem(&uring_accepts, key))
 		__sync_fetch_and_add(&uring_accepts_armed, -1);
 }
 
@@ -163,7 +166,7 @@ static __always_inline int on_accept_cqe(void *ring, struct io_kiocb *req, __u64
 			return 0;
 	}
 	if (!(cflags & IORING_CQE_F_MORE)) /* the request's last CQE */
-		forget_request(&key);
+		forget_request(&key, req);
 	/* Cancellations (a ring torn down by a kworker) complete with -ECANCELED. */
 	if (res < 0 || !task_wanted(bpf_get_current_pid_tgid() >> 32))
 		return 0;
