@@ -284,13 +284,33 @@ def kprobe_missed_of(link_info: bytes) -> Optional[int]:
     return int.from_bytes(link_info[48:56], "little")
 
 
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+
+
+class _OpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts as of libbpf 1.0/1.1 (sz tells newer libbpf the size)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p),
+                ("relaxed_maps", ctypes.c_bool), ("pin_root_path", ctypes.c_char_p),
+                ("_unused", ctypes.c_uint32), ("kconfig", ctypes.c_char_p),
+                ("btf_custom_path", ctypes.c_char_p), ("kernel_log_buf", ctypes.c_char_p),
+                ("kernel_log_size", ctypes.c_size_t), ("kernel_log_level", ctypes.c_uint32)]
+
+
 class BpfObject:
     """An opened (then loaded) BPF ELF object; close() frees programs, maps and links."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # vmlinux BTF named explicitly: a CO-RE relocation against a type this kernel lacks
+        # then fails alone, instead of libbpf 1.1 walking module BTFs, which needs
+        # CAP_SYS_ADMIN (BPF_BTF_GET_NEXT_ID) and fails the whole load with only
+        # CAP_BPF + CAP_PERFMON (the DaemonSet's capabilities).
+        opts = _OpenOpts(sz=ctypes.sizeof(_OpenOpts))
+        if os.path.exists(VMLINUX_BTF):
+            opts.btf_custom_path = VMLINUX_BTF.encode()
         self._ptr: Optional[int] = _check_ptr(
-            lib().bpf_object__open_file(path.encode(), None), f"open {path}"
+            lib().bpf_object__open_file(path.encode(), ctypes.byref(opts)), f"open {path}"
         )
 
     def __enter__(self) -> BpfObject:
