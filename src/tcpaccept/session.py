@@ -77,7 +77,7 @@ def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
     if output.json:
         formatter = JsonFormatter(cgroup_path)
         return LineSink(out, notices, None if output.quiet else formatter.line,
-                        drop_line=formatter.drop_line)
+                        drop_line=formatter.drop_line if output.drops else None)
     text = TextFormatter(
         relative_to_ns=start_ns if output.relative_time else None,
         extended=output.extended,
@@ -86,7 +86,7 @@ def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
         both_times=output.clock_time,
     )
     return LineSink(out, notices, None if output.quiet else text.line,
-                    header=text.header(), drop_line=text.drop_line)
+                    header=text.header(), drop_line=text.drop_line if output.drops else None)
 
 
 class FilteredDrops:
@@ -214,10 +214,17 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
 
                 chores.append(follow_cgroup)
             drops = None
-            if output.drops or output.summary_interval:
+            if output.drops or output.summary_interval or output.metrics:
                 # Its baseline is taken now: every drop after the banner is reported.
-                monitor = owned.enter_context(_open_drop_monitor(config))
-                drops = FilteredDrops(config, monitor, resolver)
+                # --metrics counts drops too (the agent's drop alert), but there a monitor
+                # that cannot start is a warning, not the end: accepts still count.
+                try:
+                    monitor = owned.enter_context(_open_drop_monitor(config))
+                    drops = FilteredDrops(config, monitor, resolver)
+                except TcpacceptError as exc:
+                    if output.drops or output.summary_interval:
+                        raise
+                    _warn(f"{exc}; tcpaccept_listen_drops_total stays empty")
             sinks: list[Sink] = []
             if output.metrics:
                 from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
