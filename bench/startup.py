@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.common import TracerFailed
-from bench.variants import Variant
+from bench.variants import LABELS, Variant
 from tcpaccept.run import BANNER
 from tests.support.child import Child, ChildError
 
@@ -47,9 +47,9 @@ def start_sample(variant: Variant, tool: Path) -> StartSample:
         with socket.create_connection(("127.0.0.1", port)):
             peer, _ = listener.accept()
             peer.close()
-        first_s = child.wait_for_line(is_ours, what="the first event")
+        first_s = child.wait_for_line(is_ours, what="line for its first accept")
     except ChildError as exc:
-        raise TracerFailed(f"{variant.label}: {exc}") from None
+        raise TracerFailed(f"start sample of {LABELS[variant.kind]}: {exc}") from None
     finally:
         listener.close()
         child.stop(resend_every=0.5 if variant.kind == "peer" else None)
