@@ -63,7 +63,7 @@ class Nginx:
             if self.proc.poll() is not None:
                 raise BenchError(f"nginx exited: {self._errors()}")
             try:
-                self.accepts()
+                self._stub_accepts(timeout=5)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -80,10 +80,21 @@ class Nginx:
                 text += path.read_text(errors="replace")
         return text.strip()[-500:] or "(no message)"
 
-    def accepts(self) -> int:
-        """stub_status 'accepts' (this request's own connection included)."""
+    def accepts(self, attempts: int = 3) -> int:
+        """stub_status 'accepts' (this request's own connection included). A request that
+        timed out is retried: if nginx accepted it, it was traced too, so both counts
+        include it and still agree."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._stub_accepts(timeout=10)
+            except OSError as exc:
+                if attempt == attempts:
+                    raise BenchError(f"nginx stub_status does not answer: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _stub_accepts(self, timeout: float) -> int:
         url = f"http://127.0.0.1:{self.port}{STATUS_PATH}"
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
             body = reply.read().decode()
         # Active connections: 1 \n server accepts handled requests\n 12 12 12 \n ...
         return int(body.splitlines()[2].split()[0])
