@@ -43,9 +43,12 @@ def build_loop(workdir: Path) -> Path:
 
 
 def ns_per_call(binary: Path, calls: int) -> float:
-    out = subprocess.run([str(binary), str(calls)], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
-    return float(out)
+    try:
+        out = subprocess.run([str(binary), str(calls)], capture_output=True, text=True,
+                             check=True, timeout=120).stdout
+        return float(out)
+    except (subprocess.SubprocessError, ValueError) as exc:
+        raise BenchError(f"the getppid loop failed: {exc}") from None
 
 
 def syscall_tax(workdir: Path, tracers: dict[str, Callable[[], ContextManager]],
