@@ -182,7 +182,6 @@ class BpfHash:
         self.value_size = value_size
         self.stride = (value_size + 7) & ~7  # the kernel rounds per-CPU values up to 8
         self.ncpus = ncpus if per_cpu else 1
-        self._value = ctypes.create_string_buffer(self.stride * self.ncpus)
 
     def keys(self) -> Iterator[bytes]:
         """Every key present now. A key deleted under us restarts nothing: the kernel then
@@ -198,9 +197,11 @@ class BpfHash:
 
     def lookup(self, key: bytes) -> Optional[list[bytes]]:
         """The value, one bytes per CPU (one in all for a plain map); None if gone."""
-        if _libbpf().bpf_map_lookup_elem(self.fd, key, self._value) < 0:
+        # A buffer per call: the summary (main thread) and the scrape thread may both read.
+        value = ctypes.create_string_buffer(self.stride * self.ncpus)
+        if _libbpf().bpf_map_lookup_elem(self.fd, key, value) < 0:
             return None
-        raw = self._value.raw
+        raw = value.raw
         return [raw[i * self.stride:i * self.stride + self.value_size]
                 for i in range(self.ncpus)]
 
