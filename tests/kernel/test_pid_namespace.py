@@ -61,6 +61,22 @@ def pid_filter_scenario() -> dict:
                 "events": run.events(), "stderr": run.stderr}
 
 
+def _wait_until_accepted(port: int, timeout: float = 20) -> None:
+    """Until the listener on 127.0.0.1:port has nothing queued (/proc/net/tcp: a LISTEN
+    socket's rx_queue is its accept queue); a slow guest may take seconds."""
+    local = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as table:
+            queued = [int(fields[4].split(":")[1], 16) for fields in map(str.split, table)
+                      if fields[1] == local and fields[3] == "0A"]
+        if queued and not any(queued):
+            time.sleep(0.2)  # and the accept() has returned through the traced path
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the listener on port {port} did not drain its queue")
+
+
 def outside_scenario(host_port: int, host_accepts: int) -> dict:
     """The host's server (outside) accepts host_accepts connections made from here."""
     with start_server(comm="ns-inside") as inside:
@@ -68,7 +84,7 @@ def outside_scenario(host_port: int, host_accepts: int) -> dict:
         try:
             clients = _accept(inside, 2)
             clients += [connect("127.0.0.1", host_port) for _ in range(host_accepts)]
-            time.sleep(0.5)  # the host server accepts them in its own time
+            _wait_until_accepted(host_port)  # the host server accepts them in its own time
         finally:
             run.stop()
         for client in clients:
