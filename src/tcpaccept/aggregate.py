@@ -16,11 +16,13 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import math
+import os
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol
 
 from . import libbpf
+from .btf import BTF_KIND_STRUCT, Btf
 from .errors import TcpacceptError
 
 LATENCY_SLOTS = 32  # LATENCY_SLOTS in aggregate.bpf.h
@@ -117,8 +119,43 @@ def listener_entries(ncpus: int) -> int:
     return max(256, min(LISTENERS_MAX, MAP_BUDGET_BYTES // (LISTENER_STATS.size * ncpus)))
 
 
+# What this module unpacks, by name: struct -> (size, {member: (offset, size)}). Checked
+# against the object's BTF before load, so a reordered or resized field in
+# bpf/aggregate.bpf.h stops the load with a line naming it instead of misreading counts.
+LAYOUTS: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
+    "listener_key": (LISTENER_KEY.size, {
+        "cgroup_id": (0, 8), "netns": (8, 4), "family": (12, 2), "lport": (14, 2),
+        "laddr": (16, 16)}),
+    "listener_stats": (LISTENER_STATS.size, {
+        "accepts": (0, 8), "latency_count": (8, 8), "latency_sum_ns": (16, 8),
+        "last_seen_ns": (24, 8), "latency_slots": (32, 8 * LATENCY_SLOTS),
+        "backlog": (288, 4), "backlog_peak": (292, 4), "backlog_max": (296, 4),
+        "peak_epoch": (300, 4), "pid": (304, 4), "comm": (312, TASK_COMM_LEN)}),
+    "remote_count_key": (REMOTE_KEY.size, {"listener": (0, LISTENER_KEY.size),
+                                           "raddr": (LISTENER_KEY.size, 16)}),
+}
+
+
+def check_layouts(btf: Btf, source: str) -> None:
+    """The aggregation structs of the object are the ones this module reads."""
+    for name, (size, members) in LAYOUTS.items():
+        struct_id = btf.find(name, BTF_KIND_STRUCT)
+        if struct_id is None:
+            raise TcpacceptError(f"{source}: no struct {name} in its BTF: the BPF object "
+                                 "does not match this tcpaccept (rebuild it)")
+        found = {m.name: (m.offset, btf.size(m.type_id)) for m in btf.members(struct_id)}
+        wrong = [f"{member} {found.get(member)} (want {where})"
+                 for member, where in members.items() if found.get(member) != where]
+        if btf.size(struct_id) != size or wrong:
+            raise TcpacceptError(f"{source}: struct {name} is not what tcpaccept reads: "
+                                 f"{', '.join(wrong) or f'size {btf.size(struct_id)}'} "
+                                 "(rebuild the BPF object)")
+
+
 def size_maps(obj: libbpf.BpfObject, remotes: bool, ncpus: Optional[int] = None) -> None:
-    """Before load: size the aggregation maps for this host and mode."""
+    """Before load: check the structs and size the aggregation maps for this host and
+    mode."""
+    check_layouts(Btf.of_object(obj), os.path.basename(obj.path))
     obj.map("listener_stats").set_max_entries(listener_entries(ncpus or possible_cpus()))
     if not remotes:  # only -s reads the (preallocated) remotes LRU
         obj.map("remote_counts").set_max_entries(1)

@@ -6,16 +6,23 @@ import io
 import json
 from typing import Optional
 
+import pytest
+
 from tcpaccept.aggregate import (
     LATENCY_SLOTS,
+    LAYOUTS,
     LISTENER_STATS,
     ListenerKey,
     ListenerTotals,
+    check_layouts,
     merge_cpus,
     remote_address,
     slot_max_us,
     slot_percentile_us,
 )
+from tcpaccept.btf import Btf
+from tcpaccept.errors import TcpacceptError
+from tcpaccept.event import default_object_path
 from tcpaccept.model import Drop, Lost
 from tcpaccept.sink import LostNotices
 from tcpaccept.summary import Log2Histogram, SummarySink
@@ -196,3 +203,17 @@ def test_quiet_interval_prints_nothing_in_text_mode() -> None:
     printed = out.getvalue()
     sink.flush_interval()  # nothing new
     assert "0.0.0.0:80" in printed and out.getvalue() == printed
+
+
+def test_the_objects_aggregation_structs_are_what_the_reader_unpacks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    btf = Btf.parse_elf(str(default_object_path()))
+    try:
+        check_layouts(btf, "tcpaccept.bpf.o")  # the built object matches
+        size, members = LAYOUTS["listener_stats"]
+        monkeypatch.setitem(LAYOUTS, "listener_stats",
+                            (size, {**members, "backlog": (292, 4)}))
+        with pytest.raises(TcpacceptError, match=r"struct listener_stats .*backlog \(288, 4\)"):
+            check_layouts(btf, "tcpaccept.bpf.o")
+    finally:
+        btf.close()
