@@ -85,7 +85,7 @@ def test_a_renaming_process_is_one_summary_row() -> None:
 
 
 def test_many_accepts_in_one_summary_interval_keep_memory_flat() -> None:
-    warmup, count = 5000, 45000  # the old -s kept ~41 B per accept: +1.6 MB for these
+    warmup, count = 5000, 45000  # the old -s kept every latency of the interval
     with accept_server(warmup + count) as server:
         run = start_tracer("--summary", "600", "-P", str(server.port))
         try:
@@ -101,4 +101,6 @@ def test_many_accepts_in_one_summary_interval_keep_memory_flat() -> None:
     (row,) = summary["listeners"]
     print(f"\n-s workload: {warmup + count} accepts in one interval: RSS {before} -> {after} kB")
     assert row["accepts"] == warmup + count
-    assert after - before < 512, (before, after)
+    # a397370 grew by 3.1 MB here (measured); this build by 0-0.3 MB (allocator noise and
+    # the drop monitor's namespace scans, which do not grow with accepts).
+    assert after - before < 1536, (before, after)
