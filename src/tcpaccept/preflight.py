@@ -7,7 +7,7 @@ import os
 import platform
 import re
 import resource
-from typing import Callable
+from typing import Callable, Optional
 
 from .errors import TcpacceptError
 
@@ -30,13 +30,23 @@ def effective_caps() -> int:
     return 0
 
 
+CAPABILITY_NAMES = {CAP_BPF: "CAP_BPF", CAP_PERFMON: "CAP_PERFMON"}
+GRANT_HINT = ("run as root, or grant them: setcap cap_bpf,cap_perfmon+ep on the python "
+              "interpreter, setpriv --ambient-caps +bpf,+perfmon (with --inh-caps), or the "
+              "container's capabilities.add: [BPF, PERFMON]")
+
+
 def check_privileges() -> None:
+    """The effective capabilities decide, not the uid: root in a container with its
+    capabilities dropped cannot load BPF either. CAP_SYS_ADMIN implies both (kernel 5.8+)."""
     caps = effective_caps()
     has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
-    if os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
+    missing = [name for cap, name in CAPABILITY_NAMES.items() if not has(cap)]
+    if has(CAP_SYS_ADMIN) or not missing:
         return
     raise TcpacceptError(
-        "tcpaccept needs root (or CAP_BPF and CAP_PERFMON) to load BPF programs", 77
+        f"tcpaccept needs CAP_BPF and CAP_PERFMON to load and attach its BPF programs; "
+        f"missing: {' and '.join(missing)} ({GRANT_HINT})", 77
     )
 
 
@@ -65,13 +75,59 @@ def raise_memlock(log: Callable[[str], None]) -> None:
             log(f"could not raise RLIMIT_MEMLOCK ({exc}); not needed on kernel >= 5.11")
 
 
+TRACEFS_PATHS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+SYS_EXIT_ACCEPT4 = "events/syscalls/sys_exit_accept4"
+
+
+def tracefs_mounted(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """Where tracefs is mounted, from the mount table (the directories themselves are
+    root-only, 0700 on Debian: a non-root user cannot tell by looking at them)."""
+    try:
+        with open(mountinfo) as mounts:
+            points = {fields[4] for fields in (line.split() for line in mounts)
+                      if "-" in fields and fields[fields.index("-") + 1] == "tracefs"}
+    except OSError:
+        return None
+    return next((path for path in TRACEFS_PATHS if path in points), None)
+
+
 def ensure_tracefs() -> str:
-    """Where tracefs is, mounting it if the system did not (libbpf needs tracepoint ids)."""
-    for path in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+    """Where tracefs is, mounting it if the system did not (libbpf needs tracepoint ids).
+    Never mounts over a tracefs that is there but unreadable (tracefs_ids_unreadable says)."""
+    mounted = tracefs_mounted()
+    if mounted:
+        return mounted
+    for path in TRACEFS_PATHS:  # no /proc mount table (an odd chroot): look
         if os.path.isdir(os.path.join(path, "events")):
             return path
+    if not effective_caps() >> CAP_SYS_ADMIN & 1:
+        raise TcpacceptError("tracefs is not mounted, and mounting it needs CAP_SYS_ADMIN "
+                             "(mount -t tracefs nodev /sys/kernel/tracing as root)")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"nodev", b"/sys/kernel/tracing", b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()
         raise TcpacceptError(f"cannot mount tracefs on /sys/kernel/tracing: {os.strerror(err)}")
     return "/sys/kernel/tracing"
+
+
+def tracefs_ids_unreadable() -> Optional[str]:
+    """Why libbpf cannot attach tracepoint/syscalls/sys_exit_accept{,4} here (it reads the
+    event's id from tracefs), or None when it can. Tracefs files are root-only: uid 0, or
+    CAP_DAC_READ_SEARCH / CAP_DAC_OVERRIDE, or a tracefs mounted with gid= a group the user
+    is in; CAP_BPF + CAP_PERFMON alone do not open them."""
+    try:
+        tracefs = ensure_tracefs()
+    except TcpacceptError as exc:
+        return str(exc)
+    path = os.path.join(tracefs, SYS_EXIT_ACCEPT4, "id")
+    try:
+        with open(path) as id_file:
+            id_file.read()
+    except PermissionError:
+        return (f"{path} is readable by root only (CAP_BPF and CAP_PERFMON do not open it; "
+                "CAP_DAC_READ_SEARCH would)")
+    except FileNotFoundError:
+        return None  # no syscall tracepoints at all: probes.unusable_reason says so
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    return None

@@ -7,7 +7,10 @@ The methods, best first:
               and accept4() syscalls only, including ones already blocked at start.
               Two programs for it: where the kernel lets a tracepoint walk BTF pointers
               (6.2+), direct loads ("btf-walk", ~0.45 us per accept here); elsewhere
-              probe reads ("probe-read", ~1.2 us).
+              probe reads ("probe-read", ~1.2 us). Without readable tracefs ids (a
+              non-root user with CAP_BPF + CAP_PERFMON only) the same programs run at
+              the raw sys_exit tracepoint instead ("at sys_exit": every syscall pays
+              the check for accept, bpf/sys_exit.bpf.h).
 Cheap prerequisites are checked here; the real test is loading and attaching (tracer.py).
 """
 
@@ -19,8 +22,7 @@ from typing import Optional
 
 from . import iouring, libbpf
 from .btf import kernel_btf_has_name
-from .errors import TcpacceptError
-from .preflight import BTF_PATH, ensure_tracefs
+from .preflight import BTF_PATH, SYS_EXIT_ACCEPT4, ensure_tracefs, tracefs_ids_unreadable
 
 METHODS = ("fexit", "kprobe", "tracepoint")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
@@ -38,6 +40,11 @@ PROGRAMS = {
 FEXIT_PRE_6_10 = ("fexit_inet_csk_accept_pre_6_10",)
 # The same events through BTF pointers (bpf_get_current_task_btf, bpf_rdonly_cast).
 TRACEPOINT_BTF_WALK = ("tp_exit_accept4_btf", "tp_exit_accept_btf")
+# The same two programs at the raw sys_exit tracepoint, attached without tracefs.
+SYS_EXIT_PROBE_READ = ("sys_exit_accept",)
+SYS_EXIT_BTF_WALK = ("sys_exit_accept_btf",)
+# "sys_exit" forces them (tests and the benchmark, as root, where tracefs is readable).
+TRACEPOINT_ATTACH_ENV = "TCPACCEPT_TRACEPOINT_ATTACH"
 # Only when the saved user registers cannot give the listening fd (kernels < 5.15).
 TRACEPOINT_ENTER_PROGRAMS = ("tp_enter_accept4", "tp_enter_accept")
 # Stamps when children become ESTABLISHED, for the accept-queue latency; every method.
@@ -82,14 +89,21 @@ def unusable_reason(method: str) -> Optional[str]:
             return f"no kprobe PMU ({KPROBE_PMU} missing: kernel built without kprobes)"
         return None
     if method == "tracepoint":
-        try:
-            tracefs = ensure_tracefs()
-        except TcpacceptError as exc:
-            return str(exc)
-        if not os.path.isdir(os.path.join(tracefs, "events/syscalls/sys_exit_accept4")):
-            return "no syscall tracepoints (kernel built without CONFIG_FTRACE_SYSCALLS)"
+        no_tracefs = syscall_tracepoints_unattachable()
+        if no_tracefs is None:
+            if not os.path.isdir(os.path.join(ensure_tracefs(), SYS_EXIT_ACCEPT4)):
+                return "no syscall tracepoints (kernel built without CONFIG_FTRACE_SYSCALLS)"
+        elif not os.path.exists(BTF_PATH):  # tp_btf/sys_exit needs the kernel's BTF
+            return f"{no_tracefs}, and no kernel BTF to attach at sys_exit instead"
         return None
     raise ValueError(f"unknown attach method {method!r}")
+
+
+def syscall_tracepoints_unattachable() -> Optional[str]:
+    """Why syscalls:sys_exit_accept{,4} cannot be attached through tracefs, or None."""
+    if os.environ.get(TRACEPOINT_ATTACH_ENV) == "sys_exit":
+        return f"{TRACEPOINT_ATTACH_ENV}=sys_exit"
+    return tracefs_ids_unreadable()
 
 
 def plan_for(method: str, queue_latency: bool = True, io_uring: bool = True) -> Plan:
@@ -102,15 +116,22 @@ def plan_for(method: str, queue_latency: bool = True, io_uring: bool = True) -> 
     saved_regs = libbpf.probe_helper(libbpf.BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_TASK_PT_REGS)
     # io_uring accepts bypass the syscalls; fexit/kprobe see them already (no double rows).
     others = common + iouring.support(io_uring).programs
-    if not saved_regs:
+    accept_programs, btf_walk_programs, where = PROGRAMS[method], TRACEPOINT_BTF_WALK, ""
+    no_tracefs = syscall_tracepoints_unattachable()
+    if no_tracefs is not None:
+        # The sys_exit programs read the listening fd from the tracepoint's own registers:
+        # no enter programs, whatever the kernel.
+        accept_programs, btf_walk_programs = SYS_EXIT_PROBE_READ, SYS_EXIT_BTF_WALK
+        where = f" at sys_exit, every syscall checked ({no_tracefs})"
+    elif not saved_regs:
         others += TRACEPOINT_ENTER_PROGRAMS
-    probe_read = Plan(method, PROGRAMS[method] + others, saved_regs, "probe-read")
+    probe_read = Plan(method, accept_programs + others, saved_regs, "probe-read" + where)
     why_not = btf_walk_unusable(saved_regs)
     if why_not is not None:
-        return replace(probe_read, variant=f"probe-read ({why_not})")
+        return replace(probe_read, variant=f"probe-read ({why_not}){where}")
     # Chosen from what the kernel offers; should its verifier still refuse the walk, the
     # probe reads work wherever the tracepoint does.
-    return Plan(method, TRACEPOINT_BTF_WALK + others, saved_regs, "btf-walk", probe_read)
+    return Plan(method, btf_walk_programs + others, saved_regs, "btf-walk" + where, probe_read)
 
 
 def candidates(requested: str) -> tuple[str, ...]:

@@ -732,3 +732,4 @@ int BPF_PROG(stamp_established, struct sock *sk, int oldstate, int newstate)
 }
 
 #include "iouring.bpf.h"
+#include "sys_exit.bpf.h"

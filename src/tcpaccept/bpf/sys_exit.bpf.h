@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The tracepoint method without tracefs: accept()/accept4() seen at the raw sys_exit
+ * tracepoint (tp_btf, attached by name through bpf(); no tracepoint id to read).
+ *
+ * Why: libbpf attaches tracepoint/syscalls/... with perf_event_open, which needs the event's
+ * id from tracefs (events/syscalls/sys_exit_accept4/id), readable by root only (or with
+ * CAP_DAC_READ_SEARCH). A user with CAP_BPF + CAP_PERFMON alone can load and attach tp_btf
+ * programs but cannot read that id. The price: sys_exit runs this program for every syscall
+ * of every task, which leaves at once unless the syscall is accept or accept4 (user space
+ * uses these only when the tracefs ids cannot be read; bench/sys_exit_tax.py measures it).
+ *
+ * At sys_exit the tracepoint's pt_regs are the thread's saved user registers: orig_ax is the
+ * syscall number, the first argument register still holds the listening fd. Included at the
+ * end of tcpaccept.bpf.c (uses its sock_of_fd{,_btf}, task_wanted, emit/build_accept). */
+#ifndef TCPACCEPT_SYS_EXIT_BPF_H
+#define TCPACCEPT_SYS_EXIT_BPF_H
+
+#if defined(__TARGET_ARCH_x86)
+/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). A 32-bit task's numbers
+ * mean other syscalls (ia32 43 is times): like the syscalls:* tracepoints, which ignore
+ * compat syscalls, skip a task in an ia32 syscall (thread_info.status & TS_COMPAT). x32
+ * numbers carry bit 30 and match neither. */
+#define NR_ACCEPT 43
+#define NR_ACCEPT4 288
+#define TS_COMPAT 0x0002
+
+struct thread_info___x86 {
+	__u32 status;
+} __attribute__((preserve_access_index));
+
+struct task_struct___x86 {
+	struct thread_info___x86 thread_info;
+} __attribute__((preserve_access_index));
+
+static __always_inline bool in_compat_syscall(void)
+{
+	struct task_struct___x86 *task = (void *)bpf_get_current_task();
+
+	if (!bpf_core_field_exists(task->thread_info))
+		return false;
+	return BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
+}
+#else
+#error "sys_exit.bpf.h: syscall numbers for this architecture are not defined"
+#endif
+
+static __always_inline bool is_accept_syscall(struct pt_regs *regs)
+{
+	long nr = regs->orig_ax;
+
+	return (nr == NR_ACCEPT || nr == NR_ACCEPT4) && !in_compat_syscall();
+}
+
+/* Probe reads (kernels 5.8 to 6.1, or where the BTF walk is refused). */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit_accept, struct pt_regs *regs, long ret)
+{
+	if (ret < 0 || !is_accept_syscall(regs))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!task_wanted(id >> 32))
+		return 0;
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	__s32 listen_fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
+	__s32 fd = (__s32)ret;
+
+	return emit_accept(sock_of_fd(fdt, fd), listen_fd >= 0 ? sock_of_fd(fdt, listen_fd) : NULL,
+			   fd, listen_fd, PROBE_TRACEPOINT);
+}
+
+/* Direct loads through BTF pointers (6.2+), as tp_exit_accept{,4}_btf. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit_accept_btf, struct pt_regs *regs, long ret)
+{
+	if (ret < 0 || !is_accept_syscall(regs))
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	if (!task_wanted(task->tgid))
+		return 0;
+	struct fdtable *fdt = task->files->fdt;
+	__s32 listen_fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
+	__s32 fd = (__s32)ret;
+
+	return build_accept(sock_of_fd_btf(fdt, fd),
+			    listen_fd >= 0 ? sock_of_fd_btf(fdt, listen_fd) : NULL, fd, listen_fd,
+			    PROBE_TRACEPOINT, true);
+}
+
+#endif
