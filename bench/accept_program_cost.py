@@ -26,18 +26,22 @@ PROGRAMS = {"btf-walk": "", "probe-read": "probe-read"}  # name -> TCPACCEPT_ACC
 
 
 def drive_accepts(n: int) -> None:
-    """n connect/accept/close pairs on loopback."""
+    """n connect/accept/close pairs on loopback. At most 256 wait to be accepted: a full
+    accept queue would drop connections and leave the server waiting for them."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
+    waiting = threading.Semaphore(256)
 
     def serve() -> None:
         for _ in range(n):
             listener.accept()[0].close()
+            waiting.release()
 
     server = threading.Thread(target=serve)
     server.start()
     for _ in range(n):
+        waiting.acquire()
         socket.create_connection(listener.getsockname()).close()
     server.join()
     listener.close()
