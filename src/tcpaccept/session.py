@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Callable, Optional, Sequence, TextIO
 
-from . import iouring, libbpf, preflight, probes
+from . import iouring, libbpf, preflight, privileges, probes
 from .aggregate import AggregateReader
 from .config import Config, OutputConfig
 from .containers import ContainerResolver
@@ -44,6 +44,11 @@ def _stderr_logger(verbose: bool) -> Callable[[str], None]:
 
 def _warn(message: str) -> None:
     print(f"tcpaccept: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _warn_if(message: Optional[str]) -> None:
+    if message:
+        _warn(message)
 
 
 def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
@@ -190,6 +195,8 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                       file=sys.stderr, flush=True)
             resolver = (ContainerResolver(host_root=config.host_root)
                         if _needs_containers(config, output) else None)
+            if resolver is not None:  # names need root-only state directories
+                _warn_if(privileges.container_names_warning(config.host_root))
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
                                      container_of=resolver.resolve if resolver else None)
             # The wall clock can be stepped (NTP, an operator) during a long run: re-read
@@ -221,6 +228,8 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 try:
                     monitor = owned.enter_context(_open_drop_monitor(config))
                     drops = FilteredDrops(config, monitor, resolver)
+                    if output.drops or output.summary_interval:  # shown, so said
+                        _warn_if(privileges.drops_warning())
                 except TcpacceptError as exc:
                     if output.drops or output.summary_interval:
                         raise

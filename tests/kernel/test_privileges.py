@@ -1,0 +1,264 @@
+"""Least privilege, measured: tcpaccept as uid 65534 (nobody) with exactly the capabilities
+the README lists, through setpriv (bounding, inheritable and ambient sets all cut down).
+
+tracefs is root-only here (0700 directory, 0440 files), so CAP_BPF + CAP_PERFMON cannot read
+the syscall tracepoints' ids; the tracepoint method then attaches at the raw sys_exit
+tracepoint (bpf/sys_exit.bpf.h). Positive controls: the capability sets really are the
+ones named (read back from /proc/self/status under setpriv), the tracefs id really is
+unreadable, and with CAP_DAC_READ_SEARCH added the tracefs ids are used again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Optional, Sequence
+
+import pytest
+
+from tests.support.child import Child
+from tests.support.servers import connect, start_server
+
+NOBODY = 65534
+CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON, CAP_BPF = 2, 19, 38, 39
+TRACEFS_ID = "/sys/kernel/tracing/events/syscalls/sys_exit_accept4/id"
+BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
+
+
+def as_nobody(caps: Sequence[str]) -> list[str]:
+    """setpriv prefix: uid/gid 65534, no groups, exactly caps effective (via ambient)."""
+    wanted = ",".join(["-all"] + [f"+{c}" for c in caps])
+    return ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
+            "--inh-caps", wanted, "--ambient-caps", wanted, "--bounding-set", wanted]
+
+
+def tcpaccept_as_nobody(caps: Sequence[str], *args: str) -> list[str]:
+    return [*as_nobody(caps), sys.executable, "-m", "tcpaccept.cli", *args]
+
+
+def effective_caps_under(caps: Sequence[str]) -> tuple[int, int]:
+    """(euid, CapEff) of a process started with as_nobody(caps): what capsh --print shows."""
+    status = subprocess.run([*as_nobody(caps), "cat", "/proc/self/status"],
+                            capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return int(fields["Uid"].split()[1]), int(fields["CapEff"].strip(), 16)
+
+
+def start_tracer(caps: Sequence[str], *args: str, env: Optional[dict] = None) -> Child:
+    child = Child(tcpaccept_as_nobody(caps, *args), env=env)
+    try:
+        child.wait_for_text(BANNER, stream="stderr" if "-j" in args else "stdout",
+                            timeout=30)
+    except BaseException:
+        child.stop()
+        raise
+    return child
+
+
+def json_rows(child: Child) -> list[dict]:
+    return [json.loads(line) for line in child.text("stdout").splitlines() if line.strip()]
+
+
+def warnings_of(child: Child) -> list[str]:
+    return [line for line in child.text("stderr").splitlines() if "warning" in line]
+
+
+def test_setpriv_grants_exactly_the_named_capabilities() -> None:
+    assert effective_caps_under(["bpf", "perfmon"]) == (NOBODY, 1 << CAP_BPF | 1 << CAP_PERFMON)
+    assert effective_caps_under(["perfmon"]) == (NOBODY, 1 << CAP_PERFMON)
+    # What the fallback exists for: this user cannot read the tracepoint's id.
+    denied = subprocess.run([*as_nobody(["bpf", "perfmon"]), "cat", TRACEFS_ID],
+                            capture_output=True, text=True)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    with open(TRACEFS_ID) as tracepoint_id:  # tracefs is mounted: not the cause
+        assert tracepoint_id.read().strip().isdigit()
+
+
+def test_bpf_and_perfmon_alone_trace_a_real_accept_exactly() -> None:
+    with start_server(comm="nobodysrv") as server:
+        tracer = start_tracer(["bpf", "perfmon"], "-v", "-j", "-p", str(server.pid), "-n", "2")
+        try:
+            clients = [connect("127.0.0.1", server.port) for _ in range(2)]
+            accepted = server.accept(2)
+            assert tracer.proc.wait(20) == 0, tracer.text("stderr")
+        finally:
+            tracer.stop()
+        for client in clients:
+            client.close()
+    stderr = tracer.text("stderr")
+    assert "Traceback" not in stderr and "cannot mount" not in stderr
+    assert "accept program: btf-walk at sys_exit" in stderr, stderr
+    rows = json_rows(tracer)
+    seen = [(r["pid"], r["comm"], r["lport"], r["rport"], r["fd"], r["listen_fd"]) for r in rows]
+    assert seen == [(server.pid, "nobodysrv", server.port, port, fd, server.listen_fd)
+                    for _, port, fd in accepted]
+
+
+def test_dac_read_search_lets_the_syscall_tracepoints_attach_through_tracefs() -> None:
+    """The other way to grant it: tracefs readable, so no sys_exit fallback."""
+    with start_server() as server:
+        tracer = start_tracer(["bpf", "perfmon", "dac_read_search"], "-v", "-j",
+                              "-p", str(server.pid), "-n", "1")
+        try:
+            client = connect("127.0.0.1", server.port)
+            server.accept(1)
+            assert tracer.proc.wait(20) == 0, tracer.text("stderr")
+        finally:
+            tracer.stop()
+        client.close()
+    stderr = tracer.text("stderr")
+    assert "accept program: btf-walk\n" in stderr + "\n" and "sys_exit" not in stderr, stderr
+    assert [r["pid"] for r in json_rows(tracer)] == [server.pid]
+
+
+@pytest.mark.parametrize("caps, missing", [(["perfmon"], "CAP_BPF"),
+                                           (["bpf"], "CAP_PERFMON"),
+                                           ([], "CAP_BPF and CAP_PERFMON")])
+def test_a_missing_capability_is_named_in_one_line(caps: list[str], missing: str) -> None:
+    run = subprocess.run(tcpaccept_as_nobody(caps, "-d", "1"), capture_output=True,
+                         text=True, timeout=30)
+    lines = run.stderr.splitlines()
+    assert run.returncode == 77 and len(lines) == 1, run.stderr
+    assert f"missing: {missing} (" in lines[0] and "setcap cap_bpf,cap_perfmon+ep" in lines[0]
+
+
+# accept() (syscall 43) next to Python's accept4() (288): both at sys_exit, both programs.
+PLAIN_ACCEPT_SERVER = textwrap.dedent("""
+    import ctypes, json, socket, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+    print(json.dumps([s.getsockname()[1], s.fileno()]), flush=True)
+    sys.stdin.readline()
+    fds = [libc.syscall(43, s.fileno(), None, None) for _ in range(2)]  # SYS_accept
+    print(json.dumps(fds), flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("program", ["btf-walk", "probe-read"])
+def test_sys_exit_programs_report_accept_and_accept4_with_their_fds(program: str) -> None:
+    env = dict(os.environ, TCPACCEPT_TRACEPOINT_ATTACH="sys_exit")
+    if program == "probe-read":
+        env["TCPACCEPT_ACCEPT_PROGRAM"] = "probe-read"
+    plain = subprocess.Popen([sys.executable, "-c", PLAIN_ACCEPT_SERVER], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert plain.stdin and plain.stdout
+    try:
+        plain_port, plain_listen_fd = json.loads(plain.stdout.readline())
+        with start_server() as server:
+            tracer = Child([sys.executable, "-m", "tcpaccept.cli", "--probe", "tracepoint",
+                            "-v", "-j", "-p", f"{server.pid},{plain.pid}", "-n", "4"], env=env)
+            try:
+                tracer.wait_for_text(BANNER, stream="stderr", timeout=30)
+                clients = [connect("127.0.0.1", plain_port) for _ in range(2)]
+                plain.stdin.write("go\n")
+                plain.stdin.flush()
+                plain_fds = json.loads(plain.stdout.readline())
+                clients += [connect("127.0.0.1", server.port) for _ in range(2)]
+                accepted = server.accept(2)
+                assert tracer.proc.wait(20) == 0, tracer.text("stderr")
+            finally:
+                tracer.stop()
+            for client in clients:
+                client.close()
+    finally:
+        plain.kill()
+        plain.wait()
+    assert f"accept program: {program}" in tracer.text("stderr")
+    assert "at sys_exit" in tracer.text("stderr")
+    rows = {(r["pid"], r["fd"], r["listen_fd"], r["lport"]) for r in json_rows(tracer)}
+    assert rows == ({(plain.pid, fd, plain_listen_fd, plain_port) for fd in plain_fds}
+                    | {(server.pid, fd, server.listen_fd, server.port) for _, _, fd in accepted})
+
+
+def _overflow(port: int, count: int = 4) -> list[socket.socket]:
+    """Connections a backlog-0 listener that never accepts cannot queue: they drop."""
+    clients = []
+    for _ in range(count):
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        clients.append(client)
+    return clients
+
+
+def _drops_as_nobody(caps: Sequence[str]) -> tuple[Child, int]:
+    with start_server(backlog=0, comm="dropsrv") as server:
+        tracer = start_tracer(caps, "--drops", "-j", "-P", str(server.port), "-d", "3")
+        clients = []
+        try:
+            time.sleep(0.5)
+            clients = _overflow(server.port)
+            assert tracer.proc.wait(20) == 0, tracer.text("stderr")
+        finally:
+            tracer.stop()
+            for client in clients:
+                client.close()
+        return tracer, server.pid
+
+
+def test_drops_without_ptrace_warn_once_and_still_count() -> None:
+    tracer, _ = _drops_as_nobody(["bpf", "perfmon"])
+    drops = [r for r in json_rows(tracer) if r["event"] == "drop"]
+    assert drops and all(r["pid"] is None and r["dropped"] > 0 for r in drops)
+    assert "Traceback" not in tracer.text("stderr")
+    ptrace = [w for w in warnings_of(tracer) if w.startswith("tcpaccept: warning: --drops")]
+    assert len(ptrace) == 1, tracer.text("stderr")
+    assert "owners (PID, COMM) need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH" in ptrace[0]
+    assert "other network namespaces need CAP_SYS_PTRACE and CAP_SYS_ADMIN" in ptrace[0]
+
+
+def test_drops_with_ptrace_and_dac_read_search_name_the_owner() -> None:
+    tracer, server_pid = _drops_as_nobody(["bpf", "perfmon", "sys_ptrace", "dac_read_search"])
+    drops = [r for r in json_rows(tracer) if r["event"] == "drop"]
+    assert drops and {(r["pid"], r["comm"]) for r in drops} == {(server_pid, "dropsrv")}
+    assert not [w for w in warnings_of(tracer) if "owners" in w], tracer.text("stderr")
+
+
+def _root_only_runtime_dirs() -> list[str]:
+    """The runtimes' state directories present here that uid 65534 cannot list."""
+    dirs = ["/run/containerd/io.containerd.runtime.v2.task", "/var/lib/docker/containers",
+            "/run/containers/storage", "/var/lib/containers/storage"]
+    return [d for d in dirs if os.path.isdir(d) and subprocess.run(
+        [*as_nobody([]), "test", "-r", d, "-a", "-x", d]).returncode != 0]
+
+
+def test_container_names_unreadable_are_said_once() -> None:
+    expected = _root_only_runtime_dirs()
+    tracer = start_tracer(["bpf", "perfmon"], "-j", "-d", "1")
+    assert tracer.proc.wait(20) == 0, tracer.text("stderr")
+    tracer.stop()
+    names = [w for w in warnings_of(tracer) if "container names" in w]
+    if expected:  # podman's state directories exist on the test host
+        assert len(names) == 1 and all(d in names[0] for d in expected), tracer.text("stderr")
+        assert "CAP_DAC_READ_SEARCH" in names[0]
+    else:
+        assert names == []
+    with_dac = start_tracer(["bpf", "perfmon", "dac_read_search"], "-j", "-d", "1")
+    assert with_dac.proc.wait(20) == 0
+    with_dac.stop()
+    assert not [w for w in warnings_of(with_dac) if "container names" in w]
+
+
+def test_memlock_is_not_needed_on_this_kernel() -> None:
+    """RLIMIT_MEMLOCK cannot be raised without CAP_SYS_RESOURCE; from 5.11 BPF memory is
+    charged to the memory cgroup, so a small limit must not matter (64 KiB here)."""
+    limited = ["prlimit", "--memlock=65536:65536", "--"]
+    with start_server() as server:
+        child = Child([*limited, *tcpaccept_as_nobody(["bpf", "perfmon"], "-j", "-p",
+                                                      str(server.pid), "-n", "1")])
+        try:
+            child.wait_for_text(BANNER, stream="stderr", timeout=30)
+            client = connect("127.0.0.1", server.port)
+            server.accept(1)
+            assert child.proc.wait(20) == 0, child.text("stderr")
+        finally:
+            child.stop()
+        client.close()
+    assert [r["pid"] for r in json_rows(child)] == [server.pid]
+
