@@ -256,7 +256,6 @@ class Decoder:
         return scope["decode"]
 
 
-Event = Accept  # the old name, for callers not yet moved to model.Accept
 _DEFAULT_LAYOUT: Optional[RecordLayout] = None
 
 
