@@ -262,3 +262,58 @@ def test_memlock_is_not_needed_on_this_kernel() -> None:
         client.close()
     assert [r["pid"] for r in json_rows(child)] == [server.pid]
 
+
+
+@pytest.mark.parametrize("mode", ["single", "multishot"])
+def test_io_uring_accepts_need_no_more_than_bpf_and_perfmon(mode: str) -> None:
+    """The io_uring tp_btf programs (BTF walks, bpf_rdonly_cast) load and report as nobody."""
+    from tests.support.uring import start_uring_server
+
+    tracer = start_tracer(["bpf", "perfmon"], "-v", "-j")
+    clients = []
+    try:
+        server = start_uring_server(mode, 4, "127.0.0.1", 3)
+        try:
+            clients = [connect("127.0.0.1", server.port) for _ in range(3)]
+            ports = sorted(c.getsockname()[1] for c in clients)
+            server.wait_accepted()
+        finally:
+            server.close()
+        time.sleep(0.3)
+    finally:
+        tracer.stop()
+        for client in clients:
+            client.close()
+    assert "io_uring" not in "".join(warnings_of(tracer)), tracer.text("stderr")
+    rows = [r for r in json_rows(tracer) if r["pid"] == server.pid]
+    assert sorted(r["rport"] for r in rows) == ports
+    assert sorted(r["fd"] for r in rows) == sorted(server.result["fds"])
+
+
+# As root in a private mount namespace: no tracefs anywhere; then drop to nobody.
+UNMOUNT_THEN = """
+for m in $(awk '$3 == "tracefs" || $3 == "debugfs" {print $2}' /proc/mounts | sort -r); do
+  umount "$m" || exit 90
+done
+grep -qE ' (tracefs|debugfs) ' /proc/mounts && exit 91
+exec "$@"
+"""
+
+
+def test_unmounted_tracefs_is_not_mounted_without_sys_admin() -> None:
+    with start_server() as server:
+        child = Child(["unshare", "-m", "--propagation", "private", "sh", "-c", UNMOUNT_THEN,
+                       "sh", *tcpaccept_as_nobody(["bpf", "perfmon"], "-v", "-j", "-p",
+                                                  str(server.pid), "-n", "1")])
+        try:
+            child.wait_for_text(BANNER, stream="stderr", timeout=30)
+            client = connect("127.0.0.1", server.port)
+            server.accept(1)
+            assert child.proc.wait(20) == 0, child.text("stderr")
+        finally:
+            child.stop()
+        client.close()
+    stderr = child.text("stderr")
+    assert "tracefs is not mounted, and mounting it needs CAP_SYS_ADMIN" in stderr, stderr
+    assert "btf-walk at sys_exit" in stderr and "cannot mount" not in stderr
+    assert [r["pid"] for r in json_rows(child)] == [server.pid]
