@@ -37,7 +37,7 @@ def drops_warning() -> Optional[str]:
     if not all(_has(cap) for cap in others):
         parts.append(f"listeners in other network namespaces need {_names(others)}: only "
                      "this one is watched")
-    return f"--drops: {'; '.join(parts)}" if parts else None
+    return f"listener drops (--drops, -s): {'; '.join(parts)}" if parts else None
 
 
 def _names(caps: list[int]) -> str:

@@ -207,7 +207,7 @@ def test_drops_without_ptrace_warn_once_and_still_count() -> None:
     drops = [r for r in json_rows(tracer) if r["event"] == "drop"]
     assert drops and all(r["pid"] is None and r["dropped"] > 0 for r in drops)
     assert "Traceback" not in tracer.text("stderr")
-    ptrace = [w for w in warnings_of(tracer) if w.startswith("tcpaccept: warning: --drops")]
+    ptrace = [w for w in warnings_of(tracer) if w.startswith("tcpaccept: warning: listener drops")]
     assert len(ptrace) == 1, tracer.text("stderr")
     assert "owners (PID, COMM) need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH" in ptrace[0]
     assert "other network namespaces need CAP_SYS_PTRACE and CAP_SYS_ADMIN" in ptrace[0]
