@@ -56,7 +56,9 @@ def test_drops_are_reported_and_equal_listen_overflows(namespace: NetNamespace) 
     drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
     server.close()
     assert delta > 0
-    assert len(drops) == 2, drops  # one while tracing, one more at exit
+    # At least one report while tracing and one more at exit (a slow machine's flood may
+    # straddle a sampling tick and add one): together, exactly the namespace's overflows.
+    assert len(drops) >= 2, drops
     assert sum(d["dropped"] for d in drops) == delta
     for d in drops:
         assert (d["laddr"], d["lport"], d["backlog_max"]) == ("127.0.0.1", port, 1)
@@ -72,10 +74,11 @@ def test_drop_lines_in_text_mode(namespace: NetNamespace) -> None:
     run.stop()
     delta = namespace.listen_overflows()[0] - before
     server.close()
-    (row,) = [line for line in run.lines if " DROP " in line]
-    fields = row.split()
-    assert fields[3:8] == ["DROP", "-", "127.0.0.1", str(port), "2/1"]
-    assert fields[8] == f"dropped={delta}"
+    rows = [line.split() for line in run.lines if " DROP " in line]
+    assert rows, run.stdout  # one, or more where the flood straddles a sampling tick
+    for fields in rows:
+        assert fields[3:8] == ["DROP", "-", "127.0.0.1", str(port), "2/1"]
+    assert sum(int(fields[8].removeprefix("dropped=")) for fields in rows) == delta
 
 
 def test_summary_shows_drops_per_listener(namespace: NetNamespace) -> None:
