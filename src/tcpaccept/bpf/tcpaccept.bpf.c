@@ -90,9 +90,11 @@ struct {
 	__type(value, __u64);
 } established_at SEC(".maps");
 
-/* tid -> listening sock, between kprobe and kretprobe (kprobe method only). */
+/* tid -> listening sock, between kprobe and kretprobe (kprobe method only). LRU: a call
+ * whose kretprobe the kernel skipped (maxactive exhausted) leaves its entry behind, and
+ * with threads coming and going a plain hash would fill up and refuse every new thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -100,9 +102,10 @@ struct {
 
 /* tid -> listening fd, between sys_enter and sys_exit (tracepoint method, kernels < 5.15
  * only: newer kernels read it from the saved user registers, which also covers accepts that
- * were already blocked when tracing started). */
+ * were already blocked when tracing started). LRU: a thread killed inside accept() never
+ * reaches sys_exit, and its entry would stay for good. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);
 	__type(key, __u32);
 	__type(value, __s32);
