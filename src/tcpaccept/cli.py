@@ -116,8 +116,13 @@ def _comm(text: str) -> str:
 
 def _existing(kind: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        if not os.path.exists(text):
-            raise argparse.ArgumentTypeError(f"{kind} {text!r} does not exist")
+        try:
+            os.stat(text)
+        except PermissionError:  # bpffs is 0700 root: not "missing" for another user
+            raise argparse.ArgumentTypeError(f"{kind} {text!r}: permission denied (the pin "
+                                             "needs read access, e.g. root)") from None
+        except OSError:
+            raise argparse.ArgumentTypeError(f"{kind} {text!r} does not exist") from None
         return text
 
     return parse

@@ -317,3 +317,17 @@ def test_unmounted_tracefs_is_not_mounted_without_sys_admin() -> None:
     assert "tracefs is not mounted, and mounting it needs CAP_SYS_ADMIN" in stderr, stderr
     assert "btf-walk at sys_exit" in stderr and "cannot mount" not in stderr
     assert [r["pid"] for r in json_rows(child)] == [server.pid]
+
+
+def test_an_unreadable_pinned_map_is_not_called_missing() -> None:
+    pin = f"/sys/fs/bpf/tcpaccept_privileges_{os.getpid()}"
+    subprocess.run(["bpftool", "map", "create", pin, "type", "hash", "key", "8", "value", "8",
+                    "entries", "4", "name", "privtest"], check=True)
+    try:
+        run = subprocess.run(tcpaccept_as_nobody(["bpf", "perfmon"], "--cgroupmap", pin,
+                                                 "-d", "1"), capture_output=True, text=True,
+                             timeout=30)
+    finally:
+        os.unlink(pin)
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run.stderr
+    assert f"'{pin}': permission denied" in run.stderr
