@@ -62,7 +62,8 @@ class JsonFormatter:
             f'"fd": {_fd(e.fd)}, "listen_fd": {_fd(e.listen_fd)}, "uid": {e.uid}, '
             f'"netns": {e.netns}, '
             f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}'
-            f'{self._container_keys(e.container)}{cgroup}}}'
+            f'{self._container_json.get(e.container) or self._container_keys(e.container)}'
+            f'{cgroup}}}'
         )
 
     def drop_line(self, report: Drop) -> str:

@@ -56,6 +56,7 @@ class LineSink:
                  drop_line: Optional[Callable[[Drop], str]] = None,
                  header: Optional[str] = None) -> None:
         self._output = output
+        self._write_lines = output.write_lines  # bound once: the per-batch hot path
         self._notices = notices
         self._accept_line = accept_line
         self._drop_line = drop_line
@@ -69,8 +70,11 @@ class LineSink:
         if kind is Accept:
             line = self._accept_line
             if line is not None:
-                self._output.write_lines("".join([line(item) + "\n" for item in items]),
-                                         len(items))
+                if len(items) == 1:  # a quiet host: one accept per wakeup
+                    self._write_lines(line(items[0]) + "\n", 1)
+                else:
+                    self._write_lines("".join([line(item) + "\n" for item in items]),
+                                      len(items))
         elif kind is Drop:
             if self._drop_line is not None:
                 drop_line = self._drop_line
