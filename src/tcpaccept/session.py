@@ -295,7 +295,9 @@ def check_report(out: TextIO, verbose: bool = False) -> int:
         try:
             tracer.start()
             usable.append(method)
-            out.write(f"{method}: usable\n")
+            where = probes.syscall_tracepoints_unattachable() if method == "tracepoint" else None
+            out.write(f"{method}: usable" + (f" at sys_exit, not through tracefs ({where})"
+                                              if where else "") + "\n")
         except TcpacceptError:
             out.write(f"{method}: not usable: {tracer.rejected.get(method, 'unknown')}\n")
         finally:

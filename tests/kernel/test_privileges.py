@@ -371,3 +371,15 @@ def test_an_unreadable_pinned_map_is_not_called_missing() -> None:
         os.unlink(pin)
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run.stderr
     assert f"'{pin}': permission denied" in run.stderr
+
+
+def test_check_says_where_the_tracepoint_method_attaches() -> None:
+    run = subprocess.run(tcpaccept_as_nobody(["bpf", "perfmon"], "--check"),
+                         capture_output=True, text=True, timeout=60)
+    line = next(x for x in run.stdout.splitlines() if x.startswith("tracepoint: "))
+    if nobody_reads_tracefs_ids():
+        assert line == "tracepoint: usable", run.stdout
+    else:
+        assert line.startswith("tracepoint: usable at sys_exit, not through tracefs ("), line
+        assert TRACEFS_ID in line and "CAP_DAC_READ_SEARCH" in line
+    assert run.returncode == 0, run.stderr
