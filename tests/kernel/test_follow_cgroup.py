@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from tests.support.containers import cgroup2_mount
+from tests.support.containers import cgroup2_mount, rmdir_when_empty
 from tests.support.servers import connect, start_server
 from tests.support.tracer import start_tracer
 
@@ -15,18 +15,6 @@ from tests.support.tracer import start_tracer
 def _move_into(directory: str, pid: int) -> None:
     with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
         procs.write(str(pid))
-
-
-def _rmdir(directory: str) -> None:
-    for _ in range(100):  # a killed process leaves its cgroup a moment after it exits
-        try:
-            os.rmdir(directory)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"cannot remove {directory}")
 
 
 def _accepts(server, count: int) -> None:
@@ -45,7 +33,7 @@ def test_cgroup_filter_follows_a_recreated_directory() -> None:
             _move_into(directory, before.pid)
             run = start_tracer("--cgroup", directory)
             _accepts(before, 2)
-        _rmdir(directory)  # the service stops: its cgroup goes
+        rmdir_when_empty(directory)  # the service stops: its cgroup goes
         time.sleep(1.5)
         os.mkdir(directory)  # and comes back under the same path
         with start_server(comm="svc-after") as after:
@@ -56,7 +44,7 @@ def test_cgroup_filter_follows_a_recreated_directory() -> None:
     finally:
         if run is not None:
             run.stop()
-        _rmdir(directory)
+        rmdir_when_empty(directory)
     assert len(run.events([before.pid])) == 2  # the positive control
     assert len(run.events([after.pid])) == 5
     warnings = [line for line in run.stderr.splitlines() if "warning" in line]

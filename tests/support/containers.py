@@ -155,10 +155,10 @@ class HandMadeCgroup:
             self.process.kill()
             self.process.wait()
         for directory in reversed(self.created):
-            _rmdir_when_empty(directory)
+            rmdir_when_empty(directory)
 
 
-def _rmdir_when_empty(directory: str, timeout: float = 5) -> None:
+def rmdir_when_empty(directory: str, timeout: float = 5) -> None:
     # a killed process leaves its cgroup a moment after wait() returns
     deadline = time.monotonic() + timeout
     while True:
