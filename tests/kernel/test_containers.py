@@ -8,14 +8,22 @@ second)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import time
+import urllib.request
 from typing import Iterator
 
 import pytest
 
+from tests.support.child import free_port
 from tests.support.containers import Podman, RunningContainer, connect_in_netns, unique_name
+from tests.support.netns import NetNamespace
 from tests.support.tracer import TracerRun, start_tracer, tcpaccept_command
+
+HTTPD_BACKLOG = 9  # busybox httpd's listen(): its queue holds one more
 
 
 @pytest.fixture
@@ -95,3 +103,54 @@ def test_bad_container_filter_is_one_line_and_exit_2() -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and "--container" in proc.stderr
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_keep_two_containers_on_the_same_address_and_port_apart(
+        podman: Podman) -> None:
+    first = podman.run(unique_name("metrics-a"))
+    second = podman.run(unique_name("metrics-b"))
+    port = free_port()
+    run = start_tracer("--metrics", f"127.0.0.1:{port}", "--quiet")
+    try:
+        connect_in_netns(first.pid, count=3)
+        connect_in_netns(second.pid, count=5)
+        time.sleep(0.5)
+        samples = _scrape(port)
+    finally:
+        run.stop()
+    accepts = {dict(labels)["container"]: value for (name, labels), value in samples.items()
+               if name == "tcpaccept_accepts_total" and dict(labels)["lport"] == "8080"}
+    # Two listeners, 127.0.0.1:8080 each, in two namespaces: two series, exact counts
+    # (they were one merged series of 8 before).
+    assert accepts == {first.name: 3.0, second.name: 5.0}
+    netns = {dict(labels)["netns"] for (name, labels), _ in samples.items()
+             if name == "tcpaccept_accepts_total" and dict(labels)["lport"] == "8080"}
+    assert len(netns) == 2
+
+
+def test_drop_rows_name_the_container_and_its_namespace(podman: Podman) -> None:
+    web = podman.run(unique_name("flooded"))
+    namespace = NetNamespace.of_process(web.pid)
+    connect_in_netns(web.pid)  # listening
+    run = start_tracer("--drops", "-P", "8080")
+    os.kill(web.pid, signal.SIGSTOP)  # accepts nothing: the queue fills, then SYNs are refused
+    try:
+        overflows = namespace.flood(8080, 30, backlog=HTTPD_BACKLOG)
+    finally:
+        os.kill(web.pid, signal.SIGCONT)
+        run.stop()
+    drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
+    assert overflows == 30 - (HTTPD_BACKLOG + 1)  # the positive control
+    assert sum(d["dropped"] for d in drops) == overflows
+    for d in drops:
+        assert (d["netns"], d["lport"], d["pid"]) == (namespace.inode, 8080, web.pid)
+        assert (d["container_id"], d["container"]) == (web.id, web.name)
