@@ -38,15 +38,16 @@ BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 pytestmark = pytest.mark.method_agnostic  # --probe tracepoint throughout
 
 
-def as_nobody(caps: Sequence[str]) -> list[str]:
-    """setpriv prefix: uid/gid 65534, no groups, exactly caps effective (via ambient)."""
+def as_nobody(caps: Sequence[str], uid: int = NOBODY) -> list[str]:
+    """setpriv prefix: uid/gid 65534 (or uid 0 as in the DaemonSet), no groups, exactly
+    caps effective (via ambient; the bounding set caps what uid 0 gets at exec)."""
     wanted = ",".join(["-all"] + [f"+{c}" for c in caps])
-    return ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
+    return ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups",
             "--inh-caps", wanted, "--ambient-caps", wanted, "--bounding-set", wanted]
 
 
-def tcpaccept_as_nobody(caps: Sequence[str], *args: str) -> list[str]:
-    return [*as_nobody(caps), sys.executable, "-m", "tcpaccept.cli", "--probe", "tracepoint",
+def tcpaccept_as_nobody(caps: Sequence[str], *args: str, uid: int = NOBODY) -> list[str]:
+    return [*as_nobody(caps, uid), sys.executable, "-m", "tcpaccept.cli", "--probe", "tracepoint",
             *args]
 
 
@@ -76,8 +77,9 @@ def effective_caps_under(caps: Sequence[str]) -> tuple[int, int]:
     return int(fields["Uid"].split()[1]), int(fields["CapEff"].strip(), 16)
 
 
-def start_tracer(caps: Sequence[str], *args: str, env: Optional[dict] = None) -> Child:
-    child = Child(tcpaccept_as_nobody(caps, *args), env=env)
+def start_tracer(caps: Sequence[str], *args: str, env: Optional[dict] = None,
+                 uid: int = NOBODY) -> Child:
+    child = Child(tcpaccept_as_nobody(caps, *args, uid=uid), env=env)
     try:
         child.wait_for_text(BANNER, stream="stderr" if "-j" in args else "stdout",
                             timeout=30)
@@ -219,9 +221,10 @@ def _overflow(port: int, count: int = 4) -> list[socket.socket]:
     return clients
 
 
-def _drops_as_nobody(caps: Sequence[str]) -> tuple[Child, int]:
+def _drops_as_nobody(caps: Sequence[str], uid: int = NOBODY) -> tuple[Child, int]:
     with start_server(backlog=0, comm="dropsrv") as server:
-        tracer = start_tracer(caps, "--drops", "-j", "-P", str(server.port), "-d", "3")
+        tracer = start_tracer(caps, "--drops", "-j", "-P", str(server.port), "-d", "3",
+                              uid=uid)
         clients = []
         try:
             time.sleep(0.5)
@@ -243,6 +246,18 @@ def test_drops_without_ptrace_warn_once_and_still_count() -> None:
     assert len(ptrace) == 1, tracer.text("stderr")
     assert "owners (PID, COMM) need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH" in ptrace[0]
     assert "other network namespaces need CAP_SYS_PTRACE and CAP_SYS_ADMIN" in ptrace[0]
+
+
+def test_drops_as_uid_0_with_only_bpf_and_perfmon_need_ptrace_for_owners() -> None:
+    """The DaemonSet's set: root's /proc/PID/fd is its own, but a target holding
+    capabilities the tracer lacks is behind the ptrace check (CAP_SYS_PTRACE)."""
+    tracer, _ = _drops_as_nobody(["bpf", "perfmon"], uid=0)
+    drops = [r for r in json_rows(tracer) if r["event"] == "drop"]
+    assert drops and all(r["pid"] is None for r in drops)
+    warning = [w for w in warnings_of(tracer) if "listener drops" in w]
+    assert len(warning) == 1 and "owners (PID, COMM) need CAP_SYS_PTRACE:" in warning[0]
+    tracer, server_pid = _drops_as_nobody(["bpf", "perfmon", "sys_ptrace"], uid=0)
+    assert {r["pid"] for r in json_rows(tracer) if r["event"] == "drop"} == {server_pid}
 
 
 def test_drops_with_ptrace_and_dac_read_search_name_the_owner() -> None:
