@@ -398,3 +398,27 @@ def test_check_says_where_the_tracepoint_method_attaches() -> None:
         assert line.startswith("tracepoint: usable at sys_exit, not through tracefs ("), line
         assert TRACEFS_ID in line and "CAP_DAC_READ_SEARCH" in line
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.host_only  # podman
+def test_container_ids_need_nothing_and_names_need_dac_read_search() -> None:
+    from tests.support.containers import Podman, connect_in_netns, unique_name
+
+    with Podman() as podman:
+        container = podman.run(unique_name("priv"))
+        plain = start_tracer(["bpf", "perfmon"], "-j")
+        dac = start_tracer(["bpf", "perfmon", "dac_read_search"], "-j")
+        try:
+            connect_in_netns(container.pid, count=2)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                    len([r for r in json_rows(t) if r["pid"] == container.pid]) == 2
+                    for t in (plain, dac)):
+                time.sleep(0.05)
+        finally:
+            plain.stop()
+            dac.stop()
+    for tracer, name in ((plain, None), (dac, container.name)):
+        rows = [r for r in json_rows(tracer) if r["pid"] == container.pid]
+        assert [(r["container_id"], r["container"]) for r in rows] == \
+            [(container.id, name)] * 2, tracer.text("stderr")
