@@ -17,14 +17,19 @@ from setuptools.command.build_py import build_py
 
 BPF_DIR = Path(__file__).resolve().parent / "src" / "tcpaccept" / "bpf"
 BPF_OBJECT = BPF_DIR / "tcpaccept.bpf.o"
-BPF_SOURCES = ("tcpaccept.bpf.c", "tcpaccept.h", "kernel_types.h", "Makefile")
+
+
+
+def _bpf_sources() -> list[Path]:
+    """Everything the object is built from: the C file, every header, the Makefile."""
+    return [*BPF_DIR.glob("*.c"), *BPF_DIR.glob("*.h"), BPF_DIR / "Makefile"]
 
 
 def _object_is_current() -> bool:
     if not BPF_OBJECT.is_file():
         return False
     built = BPF_OBJECT.stat().st_mtime
-    return all((BPF_DIR / name).stat().st_mtime <= built for name in BPF_SOURCES)
+    return all(source.stat().st_mtime <= built for source in _bpf_sources())
 
 
 class BuildPyWithBpfObject(build_py):
