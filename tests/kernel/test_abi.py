@@ -62,7 +62,7 @@ def test_swapped_fields_still_print_the_right_values(
 
 BROKEN = {
     "renamed": ({"tcpaccept.h": replace("__u16 lport;", "__u16 local_port;"),
-                 "tcpaccept.bpf.c": replace("e->lport", "e->local_port")}, "'lport'"),
+                 "accept.bpf.h": replace("e->lport", "e->local_port")}, "'lport'"),
     "resized": ({"tcpaccept.h": replace("__u16 lport;", "__u32 lport;")}, "'lport'"),
 }
 
@@ -87,7 +87,7 @@ def test_filter_list_limits_come_from_the_object(
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr == "tcpaccept: -P/--port: 1099 ports given, at most 1024\n"
-    small = build_variant(tmp_path, {"tcpaccept.bpf.c": replace(
+    small = build_variant(tmp_path, {"maps.bpf.h": replace(
         "__uint(max_entries, 1024);\n\t__type(key, __u16);",
         "__uint(max_entries, 4);\n\t__type(key, __u16);")})
     monkeypatch.setenv(OBJECT_ENV, str(small))

@@ -56,11 +56,11 @@ def test_swapped_fields_move_in_the_record_and_still_decode_by_name(tmp_path: Pa
 
 @pytest.mark.parametrize("edits,named", [
     ({"tcpaccept.h": replace("__u16 lport;", "__u16 local_port;"),
-      "tcpaccept.bpf.c": replace("e->lport", "e->local_port")}, "'lport'"),
+      "accept.bpf.h": replace("e->lport", "e->local_port")}, "'lport'"),
     ({"tcpaccept.h": replace("__u16 lport;", "__u32 lport;")}, "'lport'"),
     ({"tcpaccept.h": replace("__s32 fd;", "__u32 fd;")}, "'fd'"),
     ({"tcpaccept.h": replace("__u8 raddr[16];", "__u8 raddr[4];"),
-      "tcpaccept.bpf.c": replace("__builtin_memset(e->raddr, 0, sizeof(e->raddr));", "")
+      "accept.bpf.h": replace("__builtin_memset(e->raddr, 0, sizeof(e->raddr));", "")
       }, "'raddr'"),
 ], ids=["renamed", "resized", "signedness", "shorter-array"])
 def test_a_renamed_or_resized_field_fails_with_one_line_naming_it(
