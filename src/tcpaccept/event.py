@@ -254,15 +254,3 @@ class Decoder:
         exec(compile(source, f"<decode {self.layout.source}>", "exec"), scope)  # noqa: S102
         self._scope = scope
         return scope["decode"]
-
-
-_DEFAULT_LAYOUT: Optional[RecordLayout] = None
-
-
-def encode(event_fields: dict) -> bytes:
-    """A raw record in the packaged object's layout (the old helper; prefer
-    RecordLayout.encode)."""
-    global _DEFAULT_LAYOUT
-    if _DEFAULT_LAYOUT is None:
-        _DEFAULT_LAYOUT = RecordLayout.from_object()
-    return _DEFAULT_LAYOUT.encode(**event_fields)

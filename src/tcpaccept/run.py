@@ -31,6 +31,7 @@ class RecordSource(Protocol):
 class DropSource(Protocol):
     def poll(self) -> list[Drop]: ...
     def flush(self) -> list[Drop]: ...
+    def warnings(self) -> list[str]: ...
 
 
 class StopFlag:
@@ -81,7 +82,7 @@ class _DropPoller:
         if self._failing:
             self._warn("listener drops: sampling works again")
             self._failing = False
-        for message in getattr(self._drops, "warnings", lambda: [])():
+        for message in self._drops.warnings():
             self._warn(f"listener drops: {message}")
         return reports
 

@@ -125,8 +125,7 @@ class FilteredDrops:
         return self._wanted(self.monitor.flush())
 
     def warnings(self) -> list[str]:
-        fetch = getattr(self.monitor, "warnings", None)
-        return fetch() if fetch is not None else []
+        return self.monitor.warnings()
 
 
 def _metrics_server(registry: object, output: OutputConfig) -> contextlib.AbstractContextManager:

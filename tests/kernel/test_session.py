@@ -48,6 +48,9 @@ class FailingDrops:
     def flush(self) -> list[Drop]:
         return self.poll()
 
+    def warnings(self) -> list[str]:
+        return []
+
 
 class Collect:
     def __init__(self) -> None:
