@@ -84,6 +84,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__poll": (_c.c_int, [_c.c_void_p, _c.c_int]),
     "ring_buffer__consume": (_c.c_int, [_c.c_void_p]),
     "ring_buffer__free": (None, [_c.c_void_p]),
+    "bpf_program__attach_iter": (_c.c_void_p, [_c.c_void_p, _c.c_void_p]),
+    "bpf_iter_create": (_c.c_int, [_c.c_int]),
 }
 
 
@@ -239,6 +241,13 @@ class Program:
         ptr = _check_ptr(lib().bpf_program__attach(self._ptr), f"attach {self.name}")
         return Link(ptr, self.name)
 
+    def attach_iter(self) -> Link:
+        """An iterator program's link (no options: every task, every file); each
+        read_iterator() on it is one fresh walk."""
+        ptr = _check_ptr(lib().bpf_program__attach_iter(self._ptr, None),
+                         f"attach iterator {self.name}")
+        return Link(ptr, self.name)
+
 
 # struct bpf_link_info (UAPI): type, id, prog_id, then a union aligned to 8 bytes. For a
 # perf-event link: the event type at 16, then kprobe {func_name u64, name_len u32, offset
@@ -273,6 +282,31 @@ class Link:
         if self._ptr:
             lib().bpf_link__destroy(self._ptr)
             self._ptr = None
+
+    def read_iterator(self, chunk: int = 1 << 16) -> bytes:
+        """One walk of an iterator link: a new bpf_iter fd read to its end (in-process, so
+        no bpffs pin, which needs more than CAP_BPF). read() runs the program in the
+        kernel; os.read releases the GIL meanwhile."""
+        if not self._ptr:
+            raise LibbpfError(f"read iterator {self.name}", errno.EBADF)
+        fd = lib().bpf_iter_create(lib().bpf_link__fd(self._ptr))
+        if fd < 0:
+            raise LibbpfError(f"create iterator {self.name}", ctypes.get_errno() or -fd)
+        parts = []
+        try:
+            while True:
+                try:
+                    part = os.read(fd, chunk)
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    raise LibbpfError(f"read iterator {self.name}", exc.errno or errno.EIO) \
+                        from None
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        finally:
+            os.close(fd)
 
 
 def kprobe_missed_of(link_info: bytes) -> Optional[int]:
