@@ -20,7 +20,9 @@ from .aggregate import AggregateReader
 from .config import Config, OutputConfig
 from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
+from .drops.table_monitor import TableDropMonitor
 from .errors import TcpacceptError
+from .listeners import ListenerWatch, ListenerWatchError, outside_host_pid_namespace_warning
 from .model import Drop, Lost
 from .output.clock import WallClock
 from .output.json_lines import JsonFormatter
@@ -28,7 +30,7 @@ from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextO
 from .output.text import TextFormatter
 from .output.writer import BufferedText, OutputWriter
 from .pidns import pid_namespace_notice
-from .run import BANNER, StopFlag, run
+from .run import BANNER, DropSource, StopFlag, run
 from .sink import LostNotices, Sink, Tee
 from .summary import SummarySink
 from .tracer import Tracer
@@ -98,7 +100,7 @@ class FilteredDrops:
     """Listener drops for the processes (and containers) the user asked about, named with
     their owner's container (ports filter in netlink already)."""
 
-    def __init__(self, config: Config, monitor: ListenerDropMonitor,
+    def __init__(self, config: Config, monitor: DropSource,
                  resolver: Optional[ContainerResolver]) -> None:
         self.config = config
         self.monitor = monitor
@@ -142,11 +144,32 @@ def _metrics_server(registry: object, output: OutputConfig) -> contextlib.Abstra
     return server
 
 
-def _open_drop_monitor(config: Config) -> ListenerDropMonitor:
+def _open_drop_monitor(config: Config) -> TableDropMonitor | ListenerDropMonitor:
+    """The kernel's listener table (every network namespace, owners, with CAP_BPF +
+    CAP_PERFMON); sock_diag where the kernel has no usable task_file iterator (before 5.8,
+    or without the fields it reads): one line says which and why."""
+    ports = frozenset(config.lports) if config.lports else None
     try:
-        return ListenerDropMonitor(ports=config.lports or None)
+        watch = ListenerWatch()
+    except ListenerWatchError as exc:
+        return _sock_diag_monitor(ports, str(exc))
+    try:
+        watch.start()  # the baseline read
+    except ListenerWatchError as exc:
+        watch.close()
+        return _sock_diag_monitor(ports, str(exc))
+    _warn_if(outside_host_pid_namespace_warning())
+    return TableDropMonitor(watch, ports)
+
+
+def _sock_diag_monitor(ports: Optional[frozenset[int]], why: str) -> ListenerDropMonitor:
+    _warn(f"listener drops through sock_diag: the listener iterator is not usable ({why})")
+    try:
+        monitor = ListenerDropMonitor(ports=ports)
     except DropMonitorError as exc:
         raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
+    _warn_if(privileges.drops_warning())  # sock_diag's privileges, not the iterator's
+    return monitor
 
 
 def _needs_containers(config: Config, output: OutputConfig) -> bool:
@@ -227,8 +250,6 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 try:
                     monitor = owned.enter_context(_open_drop_monitor(config))
                     drops = FilteredDrops(config, monitor, resolver)
-                    if output.drops or output.summary_interval:  # shown, so said
-                        _warn_if(privileges.drops_warning())
                 except TcpacceptError as exc:
                     if output.drops or output.summary_interval:
                         raise
@@ -276,6 +297,21 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
+def _listener_table_check_line(verbose: bool) -> str:
+    """What --drops, -s and --metrics read listener state from, and what that one misses."""
+    try:
+        with ListenerWatch() as watch:
+            snapshot = watch.refresh()
+    except ListenerWatchError as exc:
+        return f"listener table: not usable ({exc}): drops through sock_diag"
+    line = "listener table: usable (task_file iterator)"
+    if verbose:
+        line += (f", {len(snapshot.listeners)} listeners, one read "
+                 f"{snapshot.read_cost_s * 1e3:.1f} ms, read every {watch.interval_s:g} s")
+    hidden = outside_host_pid_namespace_warning()
+    return f"{line}; {hidden}" if hidden else line
+
+
 def check_report(out: TextIO, verbose: bool = False) -> int:
     """--check: each method usable or why not; kernel, BTF, libbpf; what auto would pick."""
     _prepare(verbose, kernel_checks=False)  # --check reports what is missing, in full
@@ -302,5 +338,6 @@ def check_report(out: TextIO, verbose: bool = False) -> int:
         finally:
             tracer.close()
     out.write(iouring.support().check_line() + "\n")
+    out.write(_listener_table_check_line(verbose) + "\n")
     out.write(f"auto would pick: {usable[0] if usable else 'none'}\n")
     return 0 if usable else 1
