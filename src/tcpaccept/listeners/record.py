@@ -25,6 +25,9 @@ NEEDED_INTS = {"sock_inode": 8, "netns": 4, "pid": 4, "backlog": 4, "backlog_max
                "syn_queue": 4, "drops": 4, "family": 2, "lport": 2}
 NEEDED_BYTES = {"laddr": 16, "comm": 0}
 _INT_CODES = {2: "H", 4: "I", 8: "Q"}
+# ListenerRecord's fields, in its order.
+_RECORD_ORDER = ("sock_inode", "netns", "pid", "backlog", "backlog_max", "syn_queue", "drops",
+                 "family", "lport", "laddr", "comm")
 
 
 def object_path() -> Path:
@@ -80,6 +83,10 @@ class RecordLayout:
             fmt.append(f"{self.size - pos}x")
         self.struct = struct.Struct("".join(fmt))
         self.names = tuple(name for _o, name, _c, _s in fields)
+        self._order = [self.names.index(name) for name in _RECORD_ORDER]
+        # Raw record -> its decoding, from the previous read: most listeners do not change
+        # between reads, and decoding (addresses, comm) is most of a read's cost in Python.
+        self._seen: dict[bytes, ListenerRecord] = {}
 
     @classmethod
     def from_object(cls, path: Path) -> RecordLayout:
@@ -90,10 +97,20 @@ class RecordLayout:
             btf.close()
 
     def decode_all(self, raw: bytes) -> list[ListenerRecord]:
-        """Every whole record of one iterator read."""
-        usable = len(raw) - len(raw) % self.size
-        return [self._record(dict(zip(self.names, values)))
-                for values in self.struct.iter_unpack(raw[:usable])]
+        """Every whole record of one iterator read. An unchanged record is the same
+        ListenerRecord object as in the previous read (ListenerTable relies on it)."""
+        size, seen = self.size, self._seen
+        fresh: dict[bytes, ListenerRecord] = {}
+        records = []
+        for offset in range(0, len(raw) - size + 1, size):
+            chunk = raw[offset:offset + size]
+            record = seen.get(chunk) or fresh.get(chunk)
+            if record is None:
+                record = self._record(self.struct.unpack(chunk))
+            fresh[chunk] = record
+            records.append(record)
+        self._seen = fresh
+        return records
 
     def encode(self, **values: object) -> bytes:
         """A raw record as the kernel writes it (unit tests)."""
@@ -101,14 +118,12 @@ class RecordLayout:
         values.setdefault("comm", b"")
         return self.struct.pack(*(values.get(name, 0) for name in self.names))
 
-    @staticmethod
-    def _record(v: dict) -> ListenerRecord:
-        family = v["family"]
+    def _record(self, values: tuple) -> ListenerRecord:
+        fields = [values[i] for i in self._order]
+        family, raw_addr, comm = fields[7], fields[9], fields[10]
         if family == socket.AF_INET:
-            laddr = socket.inet_ntop(family, v["laddr"][:4])
+            fields[9] = socket.inet_ntop(family, raw_addr[:4])
         else:
-            laddr = socket.inet_ntop(socket.AF_INET6, v["laddr"])
-        comm = v["comm"].split(b"\0", 1)[0].decode(errors="replace")
-        return ListenerRecord(v["sock_inode"], v["netns"], v["pid"], v["backlog"],
-                              v["backlog_max"], v["syn_queue"], v["drops"], family, v["lport"],
-                              laddr, comm)
+            fields[9] = socket.inet_ntop(socket.AF_INET6, raw_addr)
+        fields[10] = comm.split(b"\0", 1)[0].decode(errors="replace")
+        return ListenerRecord(*fields)

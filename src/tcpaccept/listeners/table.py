@@ -35,8 +35,7 @@ class ListenerState:
     pid: int  # the lowest pid of the processes holding it
     comm: str
     holders: int  # processes holding it (forked workers share one listener)
-    first_seen_ns: int
-    seen_ns: int  # wall clock of the read this state comes from
+    first_seen_ns: int  # wall clock of the first read that saw it (Snapshot.read_ns: the last)
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,7 @@ class ListenerTable:
     def __init__(self) -> None:
         self._live: dict[int, ListenerState] = {}
         self._raw: dict[int, int] = {}  # inode -> kernel counter at the last read
+        self._owner: dict[int, ListenerRecord] = {}  # inode -> the record its state came from
         self._tombstones: dict[int, tuple[int, int]] = {}  # inode -> (raw, dropped)
         self._reads = 0
 
@@ -67,9 +67,15 @@ class ListenerTable:
             holders.setdefault(r.sock_inode, []).append(r)
         live: dict[int, ListenerState] = {}
         raw: dict[int, int] = {}
+        owners: dict[int, ListenerRecord] = {}
         for inode, seen in holders.items():
-            owner = min(seen, key=lambda r: r.pid)
+            owner = seen[0] if len(seen) == 1 else min(seen, key=lambda r: r.pid)
+            owners[inode] = owner
             previous = self._live.get(inode)
+            if (previous is not None and self._owner[inode] is owner
+                    and previous.holders == len(seen)):
+                live[inode], raw[inode] = previous, owner.drops  # unchanged since the last read
+                continue
             if previous is not None:
                 before, dropped, born = self._raw[inode], previous.dropped, previous.first_seen_ns
             elif inode in self._tombstones:
@@ -81,13 +87,13 @@ class ListenerTable:
             live[inode] = ListenerState(
                 inode, owner.netns, owner.family, owner.laddr, owner.lport, owner.backlog,
                 owner.backlog_max, owner.syn_queue, dropped, owner.pid, owner.comm, len(seen),
-                born, now_ns)
+                born)
         for inode, state in self._live.items():
             if inode not in live:
                 if len(self._tombstones) >= _TOMBSTONES_MAX:
                     del self._tombstones[next(iter(self._tombstones))]  # oldest first
                 self._tombstones[inode] = (self._raw[inode], state.dropped)
-        self._live, self._raw = live, raw
+        self._live, self._raw, self._owner = live, raw, owners
         self._reads += 1
         return Snapshot(MappingProxyType(dict(live)), now_ns, read_cost_s, self._reads)
 
