@@ -32,7 +32,7 @@ class ListenerState:
     backlog_max: int
     syn_queue: int
     dropped: int
-    pid: int  # the lowest pid of the processes holding it
+    pid: int  # the lowest pid holding it (the parent of forked workers), pid 1 last
     comm: str
     holders: int  # processes holding it (forked workers share one listener)
     first_seen_ns: int  # wall clock of the first read that saw it (Snapshot.read_ns: the last)
@@ -69,7 +69,7 @@ class ListenerTable:
         raw: dict[int, int] = {}
         owners: dict[int, ListenerRecord] = {}
         for inode, seen in holders.items():
-            owner = seen[0] if len(seen) == 1 else min(seen, key=lambda r: r.pid)
+            owner = seen[0] if len(seen) == 1 else min(seen, key=_owner_rank)
             owners[inode] = owner
             previous = self._live.get(inode)
             if (previous is not None and self._owner[inode] is owner
@@ -97,3 +97,9 @@ class ListenerTable:
         self._reads += 1
         return Snapshot(MappingProxyType(dict(live)), now_ns, read_cost_s, self._reads)
 
+
+
+def _owner_rank(record: ListenerRecord) -> tuple[bool, int]:
+    """As drops/owners.py: the lowest pid, usually the parent that created the listener;
+    pid 1 last (with socket activation systemd holds it too, but the service accepts)."""
+    return record.pid == 1, record.pid
