@@ -158,7 +158,9 @@ def _open_drop_monitor(config: Config) -> TableDropMonitor | ListenerDropMonitor
     except ListenerWatchError as exc:
         watch.close()
         return _sock_diag_monitor(ports, str(exc))
-    _warn_if(outside_host_pid_namespace_warning())
+    hidden = outside_host_pid_namespace_warning()
+    if hidden:
+        _warn(f"listener table: {hidden}")
     return TableDropMonitor(watch, ports)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from tests.support import netns as netns_support
 from tests.support.child import Child
 from tests.support.netns import NetNamespace
 from tests.support.servers import Server, start_server
+from tests.support.tracer import start_tracer
 
 pytestmark = pytest.mark.method_agnostic  # --probe tracepoint; the drops do not depend on it
 
@@ -116,3 +118,59 @@ def test_forked_workers_sharing_a_listener_are_one_entry() -> None:
     assert (state.holders, state.pid, state.backlog_max, state.lport, state.laddr) == (
         2, min(os.getpid(), worker), 3, port, "127.0.0.1")
     assert state.comm and state.netns == os.stat("/proc/self/ns/net").st_ino
+
+
+def test_an_unusable_iterator_falls_back_to_sock_diag_in_one_line(
+        before: NetNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a kernel without task_file iterators (or the fields they read) gets: one line,
+    and drops still counted exactly, through sock_diag (as root here). The object the
+    kernel cannot use is stood in for by a file that is not one."""
+    monkeypatch.setenv("TCPACCEPT_LISTENERS_OBJECT", "/bin/true")
+    with start_server(backlog=1, comm="ltfallback", netns=before.name) as server:
+        run = start_tracer("--drops", "-P", str(server.port))
+        try:
+            delta = before.flood(server.port, 20, backlog=1)
+        finally:
+            run.stop()
+    said = [line for line in run.stderr.splitlines() if "sock_diag" in line]
+    assert len(said) == 1 and "listener iterator is not usable" in said[0], run.stderr
+    drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
+    assert delta >= 18 and sum(d["dropped"] for d in drops) == delta, drops
+
+
+def test_outside_the_host_pid_namespace_one_line_says_what_is_not_seen() -> None:
+    """At start (--drops) and in --check, in a pid namespace of its own."""
+    in_pid_ns = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
+                 "tcpaccept.cli", "--probe", "tracepoint"]
+    check = subprocess.run([*in_pid_ns, "--check"], capture_output=True, text=True,
+                           timeout=120)
+    (line,) = [x for x in check.stdout.splitlines() if x.startswith("listener table:")]
+    assert "usable" in line and "outside the host pid namespace" in line, check.stdout
+    traced = subprocess.run([*in_pid_ns, "--drops", "-j", "-d", "1"], capture_output=True,
+                            text=True, timeout=120)
+    assert traced.returncode == 0, traced.stderr
+    warned = [x for x in traced.stderr.splitlines() if "outside the host pid namespace" in x]
+    assert len(warned) == 1 and warned[0].startswith("tcpaccept: warning: listener table:")
+    host = subprocess.run([sys.executable, "-m", "tcpaccept.cli", "--probe", "tracepoint",
+                           "--check"], capture_output=True, text=True, timeout=120)
+    assert "listener table: usable (task_file iterator)\n" in host.stdout  # the control
+
+
+_OWN_LISTENER = """
+import json, os, socket
+from tcpaccept.listeners import ListenerWatch
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(1)
+with ListenerWatch() as watch:
+    state = watch.refresh().listeners[os.fstat(sock.fileno()).st_ino]
+print(json.dumps([os.getpid(), state.pid, state.comm]))
+"""
+
+
+def test_owner_pids_are_numbered_by_the_readers_pid_namespace() -> None:
+    """A reader in a pid namespace of its own (pid 1 there) reports its own listener's
+    owner as pid 1, not as the host numbers it."""
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                          "-c", _OWN_LISTENER], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    own_pid, owner_pid, comm = json.loads(out)
+    assert (own_pid, owner_pid) == (1, 1) and comm

@@ -95,8 +95,12 @@ struct file {
 	void *private_data;
 };
 
+struct pid_namespace;
+
+/* Indexed as an array: its size must be the kernel's (int + pointer, stable since 2.6.24). */
 struct upid {
 	int nr;
+	struct pid_namespace *ns;
 };
 
 struct pid {

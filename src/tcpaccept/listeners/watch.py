@@ -42,8 +42,8 @@ def outside_host_pid_namespace_warning() -> Optional[str]:
         return None
     if ino == INITIAL_PID_NS_INO:
         return None
-    return (f"listener table: outside the host pid namespace (pid:[{ino}]), only listeners "
-            "held by processes of this namespace are seen (run with hostPID)")
+    return (f"outside the host pid namespace (pid:[{ino}]): only listeners held by processes "
+            "of this namespace are seen (run in the host's: hostPID)")
 
 
 def interval_for(read_cost_s: float) -> float:
@@ -57,14 +57,14 @@ class ListenerReader:
         path = path or object_path()
         if not path.is_file():
             raise ListenerWatchError(f"{path} is missing: build it (make -C src/tcpaccept/bpf)")
-        self.layout = RecordLayout.from_object(path)
         self._obj: Optional[libbpf.BpfObject] = None
         self._link: Optional[libbpf.Link] = None
         try:
+            self.layout = RecordLayout.from_object(path)
             self._obj = libbpf.BpfObject(str(path))
             self._obj.load()
             self._link = self._obj.program(PROGRAM).attach_iter()
-        except libbpf.LibbpfError as exc:
+        except (libbpf.LibbpfError, TcpacceptError) as exc:
             self.close()
             raise ListenerWatchError(f"task_file iterator: {exc}") from None
 
