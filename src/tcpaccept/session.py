@@ -22,7 +22,12 @@ from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
 from .drops.table_monitor import TableDropMonitor
 from .errors import TcpacceptError
-from .listeners import ListenerWatch, ListenerWatchError, outside_host_pid_namespace_warning
+from .listeners import (
+    ListenerWatch,
+    ListenerWatchError,
+    Snapshot,
+    outside_host_pid_namespace_warning,
+)
 from .model import Drop, Lost
 from .output.clock import WallClock
 from .output.json_lines import JsonFormatter
@@ -128,6 +133,11 @@ class FilteredDrops:
 
     def warnings(self) -> list[str]:
         return self.monitor.warnings()
+
+    def listeners(self) -> Optional[Snapshot]:
+        """The latest listener table (every listener, not filtered); None on the sock_diag
+        fallback, which keeps no table."""
+        return self.monitor.listeners() if isinstance(self.monitor, TableDropMonitor) else None
 
 
 def _metrics_server(registry: object, output: OutputConfig) -> contextlib.AbstractContextManager:

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from tcpaccept.drops.table_monitor import TableDropMonitor
-from tcpaccept.listeners import ListenerTable, RecordLayout, Snapshot
+from tcpaccept.listeners import ListenerTable, RecordLayout, Snapshot, interval_for
 from tcpaccept.listeners.record import ListenerRecord, object_path
 from tcpaccept.listeners.table import EMPTY
 
@@ -104,3 +104,7 @@ def test_drop_rows_are_the_rises_since_the_last_poll_and_only_for_wanted_ports()
     assert monitor.poll() == []  # no new read, nothing new
     watch.feed(rec(inode=1, drops=14), rec(inode=3, drops=2))
     assert monitor.poll() == []
+
+
+def test_reads_come_every_second_or_50_times_their_cost() -> None:
+    assert (interval_for(0.003), interval_for(0.1)) == (1.0, pytest.approx(5.0))

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Optional
 
 from ..listeners.table import ListenerState, Snapshot
-from ..listeners.watch import ListenerWatch
+from ..listeners.watch import ListenerWatch, ListenerWatchError
 from ..model import Drop
+from .abi import DropMonitorError
 
 _GONE_MAX = 65536
 
@@ -41,8 +42,15 @@ class TableDropMonitor:
         return self._diff(snapshot)
 
     def flush(self) -> list[Drop]:
-        self.watch.refresh()
+        try:
+            self.watch.refresh()
+        except ListenerWatchError as exc:  # the loop warns, as for a failed sock_diag poll
+            raise DropMonitorError(str(exc)) from None
         return self.poll()
+
+    def listeners(self) -> Snapshot:
+        """The latest listener table (every listener, unfiltered), for metrics and summary."""
+        return self.watch.snapshot()
 
     def warnings(self) -> list[str]:
         notes, self._warnings = self._warnings, []
