@@ -29,6 +29,10 @@ class RecordSource(Protocol):
 
 
 class DropSource(Protocol):
+    # How often poll() is worth calling: sock_diag samples in poll() (once a second); the
+    # listener table reads on its own thread, and poll() only looks for a newer read.
+    poll_interval_s: float
+
     def poll(self) -> list[Drop]: ...
     def flush(self) -> list[Drop]: ...
     def warnings(self) -> list[str]: ...
@@ -76,7 +80,8 @@ class _DropPoller:
             reports = poll()
         except DropMonitorError as exc:
             if not self._failing:  # once per outage, not once a second
-                self._warn(f"listener drops: {exc} (retrying every {DROPS_POLL_S:g} s)")
+                self._warn(f"listener drops: {exc} (retrying every "
+                           f"{self._drops.poll_interval_s:g} s)")
             self._failing = True
             return []
         if self._failing:
@@ -111,7 +116,7 @@ def run(
     poller = _DropPoller(drops, warn) if drops is not None else None
     seen = 0
     next_lost_check = 0.0
-    next_drops_poll = time.monotonic() + DROPS_POLL_S
+    next_drops_poll = time.monotonic() + (drops.poll_interval_s if drops else DROPS_POLL_S)
 
     def deliver(records: list[bytes]) -> bool:
         """Decode and hand on; True when the count is reached."""
@@ -139,9 +144,9 @@ def run(
             for chore in every_second:
                 chore()
             next_lost_check = now + LOST_CHECK_S
-        if poller is not None and now >= next_drops_poll:
+        if poller is not None and drops is not None and now >= next_drops_poll:
             sink.handle(poller.poll())
-            next_drops_poll = now + DROPS_POLL_S
+            next_drops_poll = now + drops.poll_interval_s
         sink.tick(now)
     # Drain what is already queued so that a stop never drops accepted events silently.
     while not done:

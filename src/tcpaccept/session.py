@@ -111,6 +111,7 @@ class FilteredDrops:
         self.monitor = monitor
         self.resolver = resolver
         self.monitor.poll()  # the baseline: drops from before tracing are not reported
+        self.poll_interval_s = monitor.poll_interval_s
 
     def _wanted(self, reports: Sequence[Drop]) -> list[Drop]:
         c = self.config

@@ -23,6 +23,10 @@ class TableDropMonitor:
     poll() only looks at the latest snapshot, it never waits for the kernel; flush() reads
     once more, at exit."""
 
+    # poll() only compares a read counter: look often, so that a drop is reported within
+    # a tick of the read that saw it (the reads themselves keep their own schedule).
+    poll_interval_s = 0.1
+
     def __init__(self, watch: ListenerWatch, ports: Optional[frozenset[int]] = None) -> None:
         self.watch = watch
         self._ports = ports

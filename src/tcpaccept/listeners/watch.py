@@ -27,6 +27,7 @@ MIN_INTERVAL_S = 1.0  # the drop rows' and metrics' resolution on a small host
 # read 3.4 ms at 3k open files (read every 1 s), 26 ms at 20k (1.3 s), 106 ms at 100k
 # (5.3 s): about 1 us per open file, in the kernel; decoding costs only for changed records.
 CPU_SHARE = 0.02
+COST_SMOOTHING = 0.2  # weight of the latest read in the moving average of the cost
 
 
 class ListenerWatchError(TcpacceptError):
@@ -102,6 +103,7 @@ class ListenerWatch:
         self._thread: Optional[threading.Thread] = None
         self._error_sinks: list[Callable[[str], None]] = []
         self.interval_s = MIN_INTERVAL_S
+        self._cost_s = 0.0  # a moving average of the reads' cost
 
     def on_error(self, sink: Callable[[str], None]) -> None:
         """sink(message) once per outage of the background reads (from that thread)."""
@@ -123,7 +125,10 @@ class ListenerWatch:
             records = self._reader.layout.decode_all(raw)
             cost = time.perf_counter() - started
             self._snapshot = self._table.merge(records, time.time_ns(), cost)
-            self.interval_s = interval_for(cost)
+            # Smoothed: one read slowed by a busy machine should not stretch the interval.
+            self._cost_s = cost if self._snapshot.reads == 1 else (
+                self._cost_s + COST_SMOOTHING * (cost - self._cost_s))
+            self.interval_s = interval_for(self._cost_s)
             return self._snapshot
 
     def _run(self) -> None:
