@@ -10,7 +10,10 @@ of open files (/proc/sys/fs/file-nr, its first field: allocated file handles) wi
 its own (/dev/null, one struct file each; held by helper processes of up to 10,000 files,
 since the fd limit here is 20,000 per process), and prints per total: one read (kernel walk +
 decode + merge) median and p90 over --reads, the listeners seen, the interval the agent
-picks for that cost (listeners/watch.py: interval_for) and the CPU share that gives.
+picks for that cost (listeners/watch.py: interval_for), the CPU share that gives, and the
+event loop's worst stall while reads run on their thread (the longest overshoot of a 10 ms
+sleep on the main thread, and the same without reads: the machine's own noise). Each read()
+of the iterator returns after a few thousand files (ticks: bpf/listeners.bpf.c TICK_FILES).
 For comparison, the sock_diag monitor's poll over every network namespace (its cost
 follows listeners and namespaces, not files) on the same machine.
 Exit 1 if a read misses one of the bench's listeners.
@@ -25,7 +28,9 @@ import signal
 import socket
 import statistics
 import sys
+import threading
 import time
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
@@ -63,6 +68,40 @@ def hold_files(count: int) -> int:
     return pid
 
 
+def loop_stall_ms(watch: ListenerWatch, reads: int) -> tuple[float, float]:
+    """The event loop's worst extra delay while `reads` reads run on another thread, as
+    ListenerWatch runs them (the longest overshoot of a 10 ms sleep), and the same for as
+    long without reads: what a busy machine alone does to the loop."""
+    def reads_in_a_row() -> None:
+        for _ in range(reads):
+            watch.refresh()
+
+    with_reads = _stall_while(reads_in_a_row)
+    started = time.perf_counter()
+    watch.refresh()
+    watch.refresh()
+    took = (time.perf_counter() - started) / 2 * reads
+    return with_reads, _stall_while(lambda: time.sleep(took))
+
+
+def _stall_while(work: Callable[[], object]) -> float:
+    done = threading.Event()
+
+    def reader() -> None:
+        work()
+        done.set()
+
+    thread = threading.Thread(target=reader)
+    worst = 0.0
+    thread.start()
+    while not done.is_set():
+        start = time.perf_counter()
+        time.sleep(0.01)
+        worst = max(worst, time.perf_counter() - start - 0.01)
+    thread.join()
+    return worst * 1e3
+
+
 def timed(fn: object, reads: int) -> tuple[float, float]:
     """(median, p90) in ms of `reads` calls."""
     times = []
@@ -94,7 +133,7 @@ def main() -> int:
     failed = 0
     print(f"listeners: {args.listeners} of this process; reads per point: {args.reads}")
     print(f"{'open files':>10} {'read median':>12} {'p90':>9} {'listeners':>9} "
-          f"{'interval':>9} {'CPU':>6} {'sock_diag poll':>15}")
+          f"{'interval':>9} {'CPU':>6} {'loop stall/idle':>15} {'sock_diag poll':>15}")
     with ListenerWatch() as watch, ListenerDropMonitor() as diag:
         watch.refresh()
         diag.poll()
@@ -105,10 +144,13 @@ def main() -> int:
             seen = watch.snapshot().listeners
             if not inodes <= seen.keys():
                 failed += 1
+            stall, idle_stall = loop_stall_ms(watch, args.reads)
             diag_median, _ = timed(diag.poll, args.reads)
             interval = interval_for(median / 1e3)
             print(f"{open_files_now():>10} {median:>9.2f} ms {p90:>6.2f} ms {len(seen):>9} "
-                  f"{interval:>7.2f} s {median / 10 / interval:>5.2f}% {diag_median:>12.2f} ms")
+                  f"{interval:>7.2f} s {median / 10 / interval:>5.2f}% "
+                  f"{stall:>6.1f}/{idle_stall:<5.1f}ms "
+                  f"{diag_median:>12.2f} ms")
     for pid in holders:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

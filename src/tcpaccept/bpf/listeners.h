@@ -1,10 +1,13 @@
 /* The listener record: one per (task, fd) holding a TCP socket in LISTEN state, written by
  * listeners.bpf.c into the iterator's seq_file and read by tcpaccept/listeners/ by name
- * through this object's BTF (no layout is copied into Python). */
+ * through this object's BTF (no layout is copied into Python). A record with sock_inode 0 is
+ * a tick (see TICK_FILES), not a listener. */
 #ifndef TCPACCEPT_LISTENERS_H
 #define TCPACCEPT_LISTENERS_H
 
 #define LISTENER_COMM_LEN 16
+/* The size of each read() of the iterator: see TICK_FILES in listeners.bpf.c. */
+#define LISTENER_READ_BYTES 4096
 
 struct listener_record {
 	__u64 sock_inode;  /* sockfs inode: the socket's identity, as sock_diag and /proc show it */

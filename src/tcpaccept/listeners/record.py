@@ -108,7 +108,8 @@ class RecordLayout:
             if record is None:
                 record = self._record(self.struct.unpack(chunk))
             fresh[chunk] = record
-            records.append(record)
+            if record.sock_inode:  # 0: a tick, written only to end the read() early
+                records.append(record)
         self._seen = fresh
         return records
 

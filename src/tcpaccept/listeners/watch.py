@@ -21,6 +21,9 @@ from .record import RecordLayout, object_path
 from .table import EMPTY, ListenerTable, Snapshot
 
 PROGRAM = "dump_listeners"
+# Bytes per read() of the iterator: small, so that each read() returns to user space (where
+# the CPU can be handed on) after a few thousand files; see TICK_FILES in listeners.bpf.c.
+READ_BYTES = 4096
 MIN_INTERVAL_S = 1.0  # the drop rows' and metrics' resolution on a small host
 # A read may take at most 2% of the time between reads (of one CPU, on the reader thread).
 # Measured on 6.18 (bench/listener_read_cost.py, 1,000 listeners, a busy 2-core guest): one
@@ -73,7 +76,7 @@ class ListenerReader:
         if self._link is None:
             raise ListenerWatchError("listener reader is closed")
         try:
-            return self._link.read_iterator()
+            return self._link.read_iterator(READ_BYTES)
         except libbpf.LibbpfError as exc:
             raise ListenerWatchError(str(exc)) from None
 
