@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -174,3 +175,39 @@ def test_owner_pids_are_numbered_by_the_readers_pid_namespace() -> None:
                          check=True).stdout
     own_pid, owner_pid, comm = json.loads(out)
     assert (own_pid, owner_pid) == (1, 1) and comm
+
+
+def _table_entry(sock: socket.socket) -> tuple[int, int, int]:
+    """(syn_queue, backlog, backlog_max) of this listener in a fresh read."""
+    with ListenerWatch() as watch:
+        state = watch.refresh().listeners[os.fstat(sock.fileno()).st_ino]
+    return state.syn_queue, state.backlog, state.backlog_max
+
+
+def test_syn_queue_and_accept_queue_are_read_from_the_listener(
+        before: NetNamespace) -> None:
+    """TCP_DEFER_ACCEPT keeps a completed handshake in the SYN queue until data comes: three
+    silent clients are three SYN-queue entries; once they write, three queued accepts."""
+    def make() -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        return sock
+
+    server = before.run(make)
+    port = server.getsockname()[1]
+    clients = before.run(lambda: [socket.create_connection(("127.0.0.1", port))
+                                  for _ in range(3)])
+    try:
+        assert _table_entry(server) == (3, 0, 8)
+        for client in clients:
+            client.sendall(b"x")
+        deadline = time.monotonic() + 5
+        while _table_entry(server)[1] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _table_entry(server) == (0, 3, 8)
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
