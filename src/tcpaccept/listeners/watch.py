@@ -26,9 +26,10 @@ PROGRAM = "dump_listeners"
 READ_BYTES = 4096
 MIN_INTERVAL_S = 1.0  # the drop rows' and metrics' resolution on a small host
 # A read may take at most 2% of the time between reads (of one CPU, on the reader thread).
-# Measured on 6.18 (bench/listener_read_cost.py, 1,000 listeners, a busy 2-core guest): one
-# read 3.4 ms at 3k open files (read every 1 s), 26 ms at 20k (1.3 s), 106 ms at 100k
-# (5.3 s): about 1 us per open file, in the kernel; decoding costs only for changed records.
+# Measured on 6.18 (bench/listener_read_cost.py, 1,000 listeners, a shared 2-core guest, four
+# runs): one read 1.4-3.4 ms at 2k open files (read every 1 s), 10-64 ms at 20k (1-1.3 s),
+# 59-136 ms at 100k (3-7 s): about 1 us per open file, in the kernel; decoding costs only
+# for records that changed since the last read.
 CPU_SHARE = 0.02
 COST_SMOOTHING = 0.2  # weight of the latest read in the moving average of the cost
 
