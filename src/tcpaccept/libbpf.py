@@ -242,10 +242,8 @@ class Program:
         return Link(ptr, self.name)
 
     def attach_iter(self) -> Link:
-        """An iterator program's link (no options: every task, every file); each
-        read_iterator() on it is one fresh walk."""
-        ptr = _check_ptr(lib().bpf_program__attach_iter(self._ptr, None),
-                         f"attach iterator {self.name}")
+        """An iterator's link (no options); each Link.read_iterator() is one walk."""
+        ptr = _check_ptr(lib().bpf_program__attach_iter(self._ptr, None), f"attach {self.name}")
         return Link(ptr, self.name)
 
 
@@ -283,30 +281,11 @@ class Link:
             lib().bpf_link__destroy(self._ptr)
             self._ptr = None
 
-    def read_iterator(self, chunk: int = 1 << 16) -> bytes:
-        """One walk of an iterator link: a new bpf_iter fd read to its end (in-process, so
-        no bpffs pin, which needs more than CAP_BPF). read() runs the program in the
-        kernel; os.read releases the GIL meanwhile."""
-        if not self._ptr:
-            raise LibbpfError(f"read iterator {self.name}", errno.EBADF)
-        fd = lib().bpf_iter_create(lib().bpf_link__fd(self._ptr))
-        if fd < 0:
-            raise LibbpfError(f"create iterator {self.name}", ctypes.get_errno() or -fd)
-        parts = []
-        try:
-            while True:
-                try:
-                    part = os.read(fd, chunk)
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    raise LibbpfError(f"read iterator {self.name}", exc.errno or errno.EIO) \
-                        from None
-                if not part:
-                    return b"".join(parts)
-                parts.append(part)
-        finally:
-            os.close(fd)
+    def open_iterator(self) -> int:
+        """A fresh fd of an iterator link (the caller reads it to its end, then closes it):
+        in-process, as a bpffs pin needs more than CAP_BPF."""
+        fd = lib().bpf_iter_create(lib().bpf_link__fd(self._ptr)) if self._ptr else -errno.EBADF
+        return _check_rc(fd, f"create iterator {self.name}")  # libbpf 1.x: -errno
 
 
 def kprobe_missed_of(link_info: bytes) -> Optional[int]:

@@ -77,9 +77,15 @@ class ListenerReader:
         if self._link is None:
             raise ListenerWatchError("listener reader is closed")
         try:
-            return self._link.read_iterator(READ_BYTES)
+            fd = self._link.open_iterator()
         except libbpf.LibbpfError as exc:
             raise ListenerWatchError(str(exc)) from None
+        try:  # each read() runs the program in the kernel; os.read releases the GIL
+            return b"".join(iter(lambda: os.read(fd, READ_BYTES), b""))
+        except OSError as exc:
+            raise ListenerWatchError(f"read iterator {PROGRAM}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._link is not None:
