@@ -211,3 +211,12 @@ def test_syn_queue_and_accept_queue_are_read_from_the_listener(
         for client in clients:
             client.close()
         server.close()
+
+
+def test_check_as_nobody_with_bpf_and_perfmon_finds_the_table_usable() -> None:
+    check = subprocess.run([*as_nobody(["bpf", "perfmon"]), sys.executable, "-m",
+                            "tcpaccept.cli", "--probe", "tracepoint", "--check", "-v"],
+                           capture_output=True, text=True, timeout=120)
+    (line,) = [x for x in check.stdout.splitlines() if x.startswith("listener table:")]
+    assert line.startswith("listener table: usable (task_file iterator), "), check.stdout
+    assert " listeners, one read " in line and " ms, read every " in line
