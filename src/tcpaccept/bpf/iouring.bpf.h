@@ -1,7 +1,7 @@
+/* SPDX-License-Identifier: GPL-2.0 */
 /* io_uring accepts, for the tracepoint method (fexit and kprobe already see them through
  * inet_csk_accept; user space loads these programs only with the tracepoint method, so an
- * accept is never reported twice). Included at the end of tcpaccept.bpf.c: it reuses
- * emit_accept, task_wanted and sock_of_fd.
+ * accept is never reported twice).
  *
  *   tp_btf/io_uring_submit_req    remembers (ring, user_data) -> request, accepts only
  *   tp_btf/io_uring_complete      one CQE; a request or, for the extra CQEs of a multishot
@@ -13,10 +13,15 @@
  * opcode first and leaves everything else at once (bench/iouring_tax.py measures the cost).
  * The completing thread may be the ring's owner, an io-wq worker (iou-wrk-N) or the SQPOLL
  * thread (iou-sqp-N): those share the owner's files (CLONE_FILES), so the new fd resolves
- * through current's fd table, and emit_accept names their process (tgid, leader's comm).
+ * through current's fd table, and accepting_comm (accepter.bpf.h) names their process.
  * Kernels >= 6.2; io_uring_submit_req (multishot and overflowed CQEs) >= 6.3. */
 #ifndef TCPACCEPT_IOURING_BPF_H
 #define TCPACCEPT_IOURING_BPF_H
+
+#include <bpf/bpf_tracing.h>
+#include "accept.bpf.h"
+#include "fds.bpf.h"
+#include "kread.bpf.h"
 
 #define IORING_OP_ACCEPT 13
 #define IORING_CQE_F_MORE (1U << 1)
@@ -184,10 +189,6 @@ static __always_inline int on_accept_cqe(void *ring, struct io_kiocb *req, __u64
 	return emit_accept(sock_of_fd(BPF_CORE_READ(task, files, fdt), res), listener, res, -1,
 			   PROBE_IO_URING);
 }
-
-/* 6.2+, like these programs. Weak: the object still loads on kernels without it, where
- * user space does not load the programs that call it. */
-extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
 
 /* Every CQE on the host passes here: leave non-accepts with as little work as possible.
  * The tracepoint hands req over as a void *: a read-only cast lets the opcode be one
