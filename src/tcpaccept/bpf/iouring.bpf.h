@@ -4,6 +4,8 @@
  * accept is never reported twice).
  *
  *   tp_btf/io_uring_submit_req    remembers (ring, user_data) -> request, accepts only
+ *   tp_btf/io_uring_task_add      the same at a request's poll wakeup: requests armed
+ *                                 before the tracer started (a server's multishot accept)
  *   tp_btf/io_uring_complete      one CQE; a request or, for the extra CQEs of a multishot
  *                                 accept, NULL (io_fill_cqe_aux): then the remembered one
  *   tp_btf/io_uring_cqe_overflow  a CQE that found the CQ ring full (io_uring_complete does
@@ -203,21 +205,51 @@ static __always_inline bool maybe_accept(void *req)
 	return uring_accepts_armed != 0;
 }
 
+/* Remembers an accept request in flight, for its CQEs that come without it. */
+static __always_inline void remember_request(struct io_kiocb *req, struct uring_request *key)
+{
+	__u64 request = (__u64)req;
+
+	if (!bpf_map_update_elem(&uring_accepts, key, &request, BPF_NOEXIST))
+		__sync_fetch_and_add(&uring_accepts_armed, 1);
+	else /* the same user_data again: the newer request is the one in flight */
+		bpf_map_update_elem(&uring_accepts, key, &request, BPF_EXIST);
+}
+
 SEC("tp_btf/io_uring_submit_req")
 int BPF_PROG(iouring_submit_req, struct io_kiocb *req)
 {
 	struct uring_request key;
-	__u64 request = (__u64)req;
 
 	if (req->opcode != IORING_OP_ACCEPT)
 		return 0;
 	__builtin_memset(&key, 0, sizeof(key));
 	key.ring = (__u64)req->ctx;
 	key.user_data = req->cqe.user_data;
-	if (!bpf_map_update_elem(&uring_accepts, &key, &request, BPF_NOEXIST))
-		__sync_fetch_and_add(&uring_accepts_armed, 1);
-	else /* the same user_data again: the newer request is the one in flight */
-		bpf_map_update_elem(&uring_accepts, &key, &request, BPF_EXIST);
+	remember_request(req, &key);
+	return 0;
+}
+
+/* A request whose poll fired: the accepts it completes next are queued to run (task work).
+ * A multishot accept armed before the tracer started was never seen at submission, and its
+ * CQEs come without it: this is where it is found, at its first wakeup after the start,
+ * before the CQEs of that wakeup. Fires for every poll wakeup of every io_uring request on
+ * the host: leave non-accepts at once, and requests already known without a map update. */
+SEC("tp_btf/io_uring_task_add")
+int BPF_PROG(iouring_task_add, struct io_kiocb *req, int mask)
+{
+	struct uring_request key;
+
+	if (req->opcode != IORING_OP_ACCEPT)
+		return 0;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.ring = (__u64)req->ctx;
+	key.user_data = req->cqe.user_data;
+
+	__u64 *saved = bpf_map_lookup_elem(&uring_accepts, &key);
+
+	if (!saved || *saved != (__u64)req)
+		remember_request(req, &key);
 	return 0;
 }
 
