@@ -152,11 +152,14 @@ def check_layouts(btf: Btf, source: str) -> None:
                                  "(rebuild the BPF object)")
 
 
-def size_maps(obj: libbpf.BpfObject, remotes: bool, ncpus: Optional[int] = None) -> None:
+def size_maps(obj: libbpf.BpfObject, remotes: bool, ncpus: Optional[int] = None,
+              aggregating: bool = True) -> None:
     """Before load: check the structs and size the aggregation maps for this host and
-    mode."""
+    mode. listener_stats is preallocated (see bpf/aggregate.bpf.h): 1 entry when nothing
+    aggregates."""
     check_layouts(Btf.of_object(obj), os.path.basename(obj.path))
-    obj.map("listener_stats").set_max_entries(listener_entries(ncpus or possible_cpus()))
+    entries = listener_entries(ncpus or possible_cpus()) if aggregating else 1
+    obj.map("listener_stats").set_max_entries(entries)
     if not remotes:  # only -s reads the (preallocated) remotes LRU
         obj.map("remote_counts").set_max_entries(1)
 

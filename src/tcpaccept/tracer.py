@@ -162,7 +162,8 @@ class Tracer:
                   self.pid_namespace)
         for name, value in self.aggregation.items():
             rodata.set(name, value)
-        aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"])
+        aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"],
+                            aggregating=self.aggregation["aggregate"])
         self._check_filter_sizes(obj)
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
         obj.map("established_at").set_max_entries(sizing.established_entries(self._ncpus))

@@ -96,6 +96,16 @@ def test_no_ring_buffer_record_when_nothing_prints_lines() -> None:
     assert totals.pid == server.pid and totals.comm == "loadsrv"
 
 
+def test_the_preallocated_listener_map_is_one_entry_when_nothing_aggregates() -> None:
+    """listener_stats is preallocated (bpf/aggregate.bpf.h): a tracer that only prints
+    lines must not pay for 4,096 entries per CPU."""
+    with Tracer(Config(probe=PROBE)) as lines_only, \
+            _in_process_tracer(free_port(), False) as aggregating:
+        sizes = (lines_only.bpf_map("listener_stats").max_entries,
+                 aggregating.bpf_map("listener_stats").max_entries)
+    assert sizes == (1, aggregate.listener_entries(aggregate.possible_cpus()))
+
+
 def test_idle_listener_series_expire_and_its_counter_restarts() -> None:
     with accept_server(5) as server, _in_process_tracer(server.port, False) as tracer:
         sink = MetricsSink(AggregateReader(tracer), labels=("laddr", "lport"), ttl_s=1.0)
