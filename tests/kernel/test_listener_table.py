@@ -42,9 +42,15 @@ def after() -> Iterator[NetNamespace]:
     yield from netns_support.create("tcpa-lt-after")
 
 
-def _agent(*args: str) -> Child:
-    """tcpaccept as uid 65534 with BPF + PERFMON in a fresh network namespace."""
-    argv = ["unshare", "--net", *as_nobody(["bpf", "perfmon"]), sys.executable, "-m",
+# The least-privilege identity needs this host's set-up (setpriv users, memlock accounting
+# from 5.11): host only, like test_privileges. Root runs the same checks on every kernel.
+IDENTITIES = [pytest.param("nobody", marks=pytest.mark.host_only), "root"]
+
+
+def _agent(*args: str, identity: str = "nobody") -> Child:
+    """tcpaccept in a fresh network namespace: as uid 65534 with BPF + PERFMON, or as root."""
+    prefix = as_nobody(["bpf", "perfmon"]) if identity == "nobody" else []
+    argv = ["unshare", "--net", *prefix, sys.executable, "-m",
             "tcpaccept.cli", "--probe", "tracepoint", *args]
     child = Child(argv)
     try:
@@ -72,11 +78,12 @@ def _check(rows: list[dict], server: Server, overflows: int) -> None:
         assert (r["pid"], r["comm"]) == (server.pid, server.comm)
 
 
+@pytest.mark.parametrize("identity", IDENTITIES)
 def test_bpf_and_perfmon_see_drops_of_every_namespace_with_their_owners(
-        before: NetNamespace, after: NetNamespace) -> None:
+        before: NetNamespace, after: NetNamespace, identity: str) -> None:
     with start_server(backlog=1, comm="ltbefore", netns=before.name) as early:
         early_base = before.listen_overflows()[0]
-        agent = _agent("--drops", "-j")
+        agent = _agent("--drops", "-j", identity=identity)
         try:
             assert agent.proc.poll() is None
             with start_server(backlog=1, comm="ltafter", netns=after.name) as late:
@@ -213,6 +220,7 @@ def test_syn_queue_and_accept_queue_are_read_from_the_listener(
         server.close()
 
 
+@pytest.mark.host_only  # least privilege: this host's set-up, as test_privileges
 def test_check_as_nobody_with_bpf_and_perfmon_finds_the_table_usable() -> None:
     check = subprocess.run([*as_nobody(["bpf", "perfmon"]), sys.executable, "-m",
                             "tcpaccept.cli", "--probe", "tracepoint", "--check", "-v"],
