@@ -34,15 +34,24 @@ class DropSource(Protocol):
     def warnings(self) -> list[str]: ...
 
 
+# SIGHUP is a closed terminal (or an ssh session gone): the default action would kill us
+# mid-batch, without the drain, the flush and the total line that SIGTERM gets.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the poll returns early (EINTR) and the loop ends."""
+    """Set by SIGINT/SIGTERM/SIGHUP (the poll returns early, EINTR) or by ``request`` (the
+    output's reader went away: any thread); the loop ends within one POLL_MS."""
 
     def __init__(self) -> None:
         self.set = False
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
+
+    def request(self) -> None:
+        self.set = True
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.set = True
