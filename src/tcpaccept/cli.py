@@ -239,13 +239,14 @@ def build_parser() -> OneLineParser:
                      metavar="FILE", help="serve --metrics over HTTPS with this certificate "
                                           "(PEM; needs --metrics-tls-key)")
     out.add_argument("--metrics-tls-key", type=_readable_file("TLS key"), metavar="FILE",
-                     help="the certificate's private key (PEM)")
+                     help="the certificate's private key (PEM, unencrypted)")
     out.add_argument("--metrics-labels", type=_metrics_labels, metavar="LABEL[,...]",
                      help=f"labels of each listener's series, from {','.join(METRICS_LABELS)} "
                           f"(default {','.join(DEFAULT_METRICS_LABELS)}; comm: one series "
-                          "per process name, which any process can change)")
+                          "per process name, which any process can change); needs --metrics")
     out.add_argument("-q", "--quiet", action="store_true",
-                     help="print no accept lines (with --metrics: the always-on agent mode)")
+                     help="print no accept lines (with --metrics: the always-on agent mode; "
+                          "with --drops: DROP lines only)")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
                      help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
     out.add_argument("-v", "--verbose", action="store_true",
