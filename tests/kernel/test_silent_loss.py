@@ -121,6 +121,38 @@ def test_sigterm_ends_the_tracer_within_1s_while_stderr_is_a_full_pipe() -> None
     assert not left, f"BPF programs still loaded after exit: {left}"
 
 
+def test_sigterm_ends_the_tracer_within_1s_while_stdout_and_stderr_are_both_stalled() -> None:
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    fill_pipe(out_write)
+    fill_pipe(err_write)
+    with accept_load() as port:  # rows to write, and stall notices to say on stderr
+        proc = subprocess.Popen(tcpaccept_command("-j", "-P", str(port)),
+                                stdout=out_write, stderr=err_write)
+        os.close(out_write)
+        os.close(err_write)
+        try:
+            assert wait_for(lambda: bpf_program_ids(proc.pid) or proc.poll() is not None, 30)
+            programs = bpf_program_ids(proc.pid)
+            assert programs, "positive control: the tracer holds BPF programs"
+            time.sleep(2.0)  # both queues fill: rows dropped, notices dropped
+            assert proc.poll() is None, "the tracer ended on its own"
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            took = time.monotonic() - started
+        finally:
+            kill(proc)
+            os.close(out_read)
+            os.close(err_read)
+    print(f"SIGTERM with stdout and stderr stalled: exit after {took:.3f} s")
+    assert took < 1.0, f"{took:.2f} s from SIGTERM to exit with both outputs stalled"
+    assert proc.returncode == 0
+    left = [p for p in programs if program_exists(p)]
+    assert not left, f"BPF programs still loaded after exit: {left}"
+
+
 def test_stalled_output_notices_come_once_a_second_and_add_up_to_the_total() -> None:
     read_end, write_end = os.pipe()
     with accept_load() as port:
