@@ -368,6 +368,12 @@ class BufferedText:
         if self._parts:
             text = "".join(self._parts)
             self._parts.clear()
-            self._writer.write_lines(text, 0)  # not events: kept or dropped whole
+            try:
+                self._writer.write_lines(text, 0)  # not events: kept or dropped whole
+            except BrokenPipeError:
+                # The reader left (on_closed stops the loop): the session's last flush
+                # raises it again; here it would cut the summary sink's close short,
+                # before its notices are said.
+                return
             if self._notices is not None:
                 self._notices.report_summaries(self._writer.dropped_reports())
