@@ -48,6 +48,9 @@ class StopFlag:
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
+            # `nohup tcpaccept` ignores SIGHUP on purpose: an inherited SIG_IGN stays.
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
             signal.signal(signum, self._on_signal)
 
     def request(self) -> None:

@@ -313,3 +313,20 @@ def test_a_host_root_holding_nothing_is_one_warning_line(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert len(warnings) == 1, result.stderr
     assert warnings[0].startswith(f"tcpaccept: warning: --host-root {tmp_path} holds none of")
+
+
+def test_nohup_keeps_sighup_ignored() -> None:
+    """`nohup tcpaccept` ignores SIGHUP on purpose: the new handler must not undo that."""
+    proc = subprocess.Popen(["nohup", *tcpaccept_command("-j", "-P", "9")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = StderrRun(proc)
+    try:
+        assert wait_for(lambda: BANNER in run.stderr or proc.poll() is not None, 30)
+        assert BANNER in run.stderr, run.stderr
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "SIGHUP ended a tracer started under nohup"
+        proc.send_signal(signal.SIGTERM)  # the positive control: it still stops
+        assert proc.wait(10) == 0, run.stderr
+    finally:
+        run.finish()
