@@ -25,7 +25,7 @@ from .output.writer import OutputError, OutputWriter
 STDERR_LIMIT_BYTES = 64 << 10
 # At exit, how long queued diagnostics may wait for a reader that takes nothing.
 STDERR_CLOSE_TIMEOUT_S = 0.2
-STDERR_CLOSE_IDLE_S = 0.1
+STDERR_CLOSE_IDLE_S = 0.05
 NOTICE_INTERVAL_S = 1.0
 
 
