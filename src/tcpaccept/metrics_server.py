@@ -36,6 +36,7 @@ from typing import Optional, TextIO
 from prometheus_client.exposition import choose_encoder
 
 from .errors import TcpacceptError
+from .tls_keys import load_cert_chain_without_prompt
 
 MAX_CONNECTIONS = 64
 TIMEOUT_S = 10.0
@@ -73,7 +74,7 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(certfile, keyfile)
+        load_cert_chain_without_prompt(context, certfile, keyfile)  # never a prompt
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise TcpacceptError(

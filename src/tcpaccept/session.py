@@ -80,8 +80,8 @@ def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
     if output.summary_interval:
         if aggregates is None:
             raise TcpacceptError("summary mode needs the tracer's aggregation maps")
-        return SummarySink(BufferedText(out), output.summary_interval, output.json, notices,
-                           aggregates, resolver.resolve if resolver else None)
+        return SummarySink(BufferedText(out, notices), output.summary_interval, output.json,
+                           notices, aggregates, resolver.resolve if resolver else None)
     cgroup_path = None
     if output.extended and resolver is not None:
         def cgroup_path(cgroup_id: int) -> str:
@@ -193,29 +193,32 @@ def _needs_containers(config: Config, output: OutputConfig) -> bool:
                 or config.containers)
 
 
-def _open_output(out: Optional[TextIO]) -> Output:
+def _open_output(out: Optional[TextIO], on_closed: Callable[[], None]) -> Output:
     """stdout through the writer thread (a stalled reader never blocks the loop or the
-    signals); a caller's TextIO (tests, benchmarks) directly."""
+    signals; a reader gone calls on_closed at once); a caller's TextIO (tests, benchmarks)
+    directly."""
     if out is not None:
         return TextOutput(out)
     sys.stdout.flush()
-    return OutputWriter(sys.stdout.fileno())
+    return OutputWriter(sys.stdout.fileno(), on_closed=on_closed)
 
 
 def _finish_output(lines_out: Output) -> None:
-    """Give queued lines (summary tables at exit) a moment to reach a reader that reads."""
+    """Give queued lines (summary tables at exit) a moment to reach a reader that reads;
+    the tables that never got out are said, like events."""
     try:
         lines_out.flush(CLOSE_TIMEOUT_S, idle_s=CLOSE_IDLE_S)
     finally:
         lines_out.close()
+        dropped = lines_out.dropped_reports()
+        if dropped:
+            print(f"Lost {dropped} summaries (output stalled)", file=sys.stderr, flush=True)
 
 
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
     _prepare(output.verbose)
     stop = StopFlag()
     stop.install()
-    # Only JSON (or nothing, with --quiet) goes to stdout; the banner then goes to stderr.
-    messages = sys.stderr if output.json or output.quiet else (out or sys.stdout)
     try:
         with contextlib.ExitStack() as owned:
             # Summary and metrics count in the kernel; records only for printed lines.
@@ -275,9 +278,14 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                                       resolver.resolve if resolver else None)
                 owned.enter_context(_metrics_server(metrics.registry, output))
                 sinks.append(metrics)
-            print(BANNER, file=messages, flush=True)
-            lines_out = _open_output(out)
+            lines_out = _open_output(out, stop.request)
             owned.callback(_finish_output, lines_out)  # after the sinks' last words
+            # Only JSON (or nothing, with --quiet) goes to stdout; the banner then goes to
+            # stderr. On stdout it goes through the writer: a stalled reader never holds us.
+            if output.json or output.quiet:
+                print(BANNER, file=sys.stderr, flush=True)
+            else:
+                lines_out.write_lines(BANNER + "\n", 0)
             sinks.append(build_output_sink(output, lines_out, time.time_ns(), resolver,
                                            aggregates))
             sink = owned.enter_context(contextlib.closing(

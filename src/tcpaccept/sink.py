@@ -11,8 +11,9 @@ list comprehension.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, TextIO
+from typing import Optional, Protocol, Sequence, TextIO
 
+from .diagnostics import RateLimit
 from .model import Item, Lost
 
 
@@ -44,21 +45,44 @@ class Tee:
 class LostNotices:
     """Says on stderr what never reached the output, as it happens and in total at the end:
     `Lost N events` for the kernel ring buffer, `Lost N events (output stalled)` for a reader
-    that stopped reading. Output sinks own one and pass their Lost items to it."""
+    that stopped reading, `Lost N summaries (output stalled)` for whole reports. Output
+    sinks own one and pass their Lost items to it. At most one line per second per kind
+    (a stall lasts; one line a loop turn would fill stderr): the counts in between are
+    added to the next line, so the lines still sum to the total."""
 
     def __init__(self, err: TextIO) -> None:
         self.err = err
         self.total = 0
+        self.summaries = 0
+        self._limit = RateLimit()
 
     def report(self, lost: Lost) -> None:
         if lost.count <= 0:
             return
         self.total += lost.count
         why = "" if lost.reason == "ring buffer" else f" ({lost.reason})"
-        self.err.write(f"Lost {lost.count} events{why}\n")
-        self.err.flush()
+        self._say(f"events{why}", self._limit.add(f"events{why}", lost.count))
+
+    def report_summaries(self, count: int) -> None:
+        """Summary tables (or histograms) dropped whole because the output stalled."""
+        if count <= 0:
+            return
+        self.summaries += count
+        self._say("summaries (output stalled)",
+                  self._limit.add("summaries (output stalled)", count))
+
+    def tick(self) -> None:
+        for what, count in self._limit.due():
+            self._say(what, count)
+
+    def _say(self, what: str, count: Optional[int]) -> None:
+        if count:
+            self.err.write(f"Lost {count} {what}\n")
+            self.err.flush()
 
     def close(self) -> None:
+        for what, count in self._limit.pending():
+            self._say(what, count)
         if self.total:
             self.err.write(f"Lost {self.total} events in total\n")
             self.err.flush()
