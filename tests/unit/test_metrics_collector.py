@@ -44,6 +44,7 @@ def _slots(**at: int) -> tuple[int, ...]:
 
 
 def _scrape(sink: MetricsSink) -> dict[tuple[str, tuple], float]:
+    sink.refresh()  # the main loop's tick: read the maps, publish; the scrape renders that
     text = generate_latest(sink.registry).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
