@@ -13,6 +13,7 @@ from . import __version__
 from .config import DEFAULT_METRICS_LABELS, METRICS_LABELS, PROBE_CHOICES, Config, OutputConfig
 from .containers.selector import Selector, SelectorError
 from .errors import TcpacceptError
+from .plan import RunPlan
 
 EXAMPLES = """\
 examples:
@@ -299,25 +300,6 @@ def build_parser() -> OneLineParser:
 
 def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
     family = 4 if args.ipv4 else 6 if args.ipv6 else None
-    config = Config(
-        pids=args.pid or frozenset(),
-        lports=args.port or frozenset(),
-        uid=args.uid,
-        comm=args.comm,
-        netns=args.netns,
-        cgroup=args.cgroup,
-        cgroupmap=args.cgroupmap,
-        mntnsmap=args.mntnsmap,
-        remotes=tuple(sorted(args.remote or (), key=str)),
-        family=family,
-        probe=args.probe,
-        ring_buffer_bytes=args.ring_buffer * 1024,
-        # Only the default text layout has no use for the queue latency: skip its hook.
-        queue_latency=bool(args.latency or args.json or args.summary or args.metrics),
-        io_uring=args.io_uring,
-        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
-        host_root=args.host_root,
-    )
     output = OutputConfig(
         json=args.json,
         relative_time=args.timestamp,
@@ -335,6 +317,24 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         metrics_tls_key=args.metrics_tls_key,
         quiet=args.quiet,
         metrics_labels=args.metrics_labels,
+    )
+    config = Config(
+        pids=args.pid or frozenset(),
+        lports=args.port or frozenset(),
+        uid=args.uid,
+        comm=args.comm,
+        netns=args.netns,
+        cgroup=args.cgroup,
+        cgroupmap=args.cgroupmap,
+        mntnsmap=args.mntnsmap,
+        remotes=tuple(sorted(args.remote or (), key=str)),
+        family=family,
+        probe=args.probe,
+        ring_buffer_bytes=args.ring_buffer * 1024,
+        queue_latency=RunPlan.of(output).queue_latency,
+        io_uring=args.io_uring,
+        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
+        host_root=args.host_root,
     )
     return config, output
 

@@ -200,6 +200,10 @@ class MetricsSink:
 
     # -- for the scrape thread --
 
+    @property
+    def generation(self) -> int:
+        return self.state.generation
+
     def request_fresh(self) -> int:
         """Ask the main loop for a state read after now; returns its generation."""
         wanted = self.state.generation + 1

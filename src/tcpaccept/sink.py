@@ -11,9 +11,11 @@ list comprehension.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, TextIO
+from typing import Callable, Optional, Protocol, Sequence, TextIO
 
 from .model import Item, Lost
+
+OUTPUT_STALLED = "output stalled"  # Lost.reason of lines the reader never took
 
 
 class Sink(Protocol):
@@ -46,13 +48,19 @@ class LostNotices:
     `Lost N events` for the kernel ring buffer, `Lost N events (output stalled)` for a reader
     that stopped reading. Output sinks own one and pass their Lost items to it."""
 
-    def __init__(self, err: TextIO) -> None:
+    def __init__(self, err: TextIO, stalls_to: Optional[Callable[[Lost], None]] = None
+                 ) -> None:
         self.err = err
         self.total = 0
+        # The kernel's losses reach every sink through the Tee; an output stall is found
+        # by the output sink itself, so it is handed on (to the metrics) from here.
+        self.stalls_to = stalls_to
 
     def report(self, lost: Lost) -> None:
         if lost.count <= 0:
             return
+        if self.stalls_to is not None and lost.reason == OUTPUT_STALLED:
+            self.stalls_to(lost)
         self.total += lost.count
         why = "" if lost.reason == "ring buffer" else f" ({lost.reason})"
         self.err.write(f"Lost {lost.count} events{why}\n")
