@@ -43,9 +43,9 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 
-from .aggregate import ListenerTotals, slot_upper_us
+from . import exposition
+from .exposition import FAMILIES, LOST, OVERFLOW, Series, buckets
 from .model import Container, Drop, Item, Lost
 from .output.escape import escape_text
 from .snapshot import (
@@ -59,39 +59,9 @@ from .snapshot import (
 
 DEFAULT_LABELS = ("laddr", "lport", "netns", "container", "namespace", "pod")
 KNOWN_LABELS = DEFAULT_LABELS + ("comm",)
-# The histogram's buckets are log2 slot edges of the kernel's histogram (every other one:
-# 8 us, 32 us, ... 8.4 s), so they are exact counts, not interpolations.
-BUCKET_SLOTS = tuple(range(3, 24, 2))
-BUCKETS = tuple((floatToGoString(slot_upper_us(s) / 1e6), s) for s in BUCKET_SLOTS)
 MAX_DROP_SERIES = 4096
 REFRESH_EVERY_S = 10.0  # the state's age at most when no scrape asks for a fresh one
 HEALTHY_TICK_AGE_S = 5.0  # /healthz: the main loop ticks every 50 ms when it is well
-
-
-@dataclass
-class _Series:
-    """One label set's figures: several kernel keys may share it (labels left out)."""
-
-    accepts: int = 0
-    latency_count: int = 0
-    latency_sum_ns: int = 0
-    slots: Optional[list[int]] = None
-    backlog: int = 0
-    backlog_max: int = 0
-    last_seen_ns: int = -1
-    drops: int = 0
-
-    def add(self, t: ListenerTotals) -> None:
-        self.accepts += t.accepts
-        self.latency_count += t.latency_count
-        self.latency_sum_ns += t.latency_sum_ns
-        if self.slots is None:
-            self.slots = list(t.latency_slots)
-        else:
-            self.slots = [a + b for a, b in zip(self.slots, t.latency_slots)]
-        self.backlog_max = max(self.backlog_max, t.backlog_max)
-        if t.last_seen_ns > self.last_seen_ns:
-            self.last_seen_ns, self.backlog = t.last_seen_ns, t.backlog
 
 
 @dataclass(frozen=True)
@@ -240,67 +210,60 @@ class MetricsSink:
         return list(self._families())
 
     def _families(self) -> Iterator[Metric]:
-        labels = list(self.labels)
-        yield CounterMetricFamily("tcpaccept_accepts", "TCP connections accepted",
-                                  labels=labels)
-        yield HistogramMetricFamily("tcpaccept_queue_latency_seconds",
-                                    "Time from ESTABLISHED to accept() (log2 buckets)",
-                                    labels=labels)
-        yield GaugeMetricFamily("tcpaccept_listen_backlog",
-                                "Listener accept queue length at its last accept or sample",
-                                labels=labels)
-        yield GaugeMetricFamily("tcpaccept_listen_backlog_max",
-                                "Listener accept queue limit", labels=labels)
-        yield CounterMetricFamily("tcpaccept_listen_drops",
-                                  "Connections a listener dropped on a full queue",
-                                  labels=labels)
-        yield CounterMetricFamily("tcpaccept_lost_events",
-                                  "Events that never reached the output", labels=["reason"])
-        yield CounterMetricFamily("tcpaccept_aggregation_overflow",
-                                  "Items not counted because a bounded table was full",
-                                  labels=["map"])
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                 "histogram": HistogramMetricFamily}
+        for name, kind, doc in FAMILIES:
+            labels = {LOST: ["reason"], OVERFLOW: ["map"]}.get((name, kind, doc),
+                                                               list(self.labels))
+            yield kinds[kind](name, doc, labels=labels)
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.render(self.state))
 
-    def render(self, state: MetricsState) -> list[Metric]:
-        """The metric families of one published state (no map, no resolver)."""
-        drops = dict(state.drops)
-        series: dict[tuple[str, ...], _Series] = {}
+    def series(self, state: MetricsState) -> dict[tuple[str, ...], Series]:
+        """The state's listeners and drop series merged by label values (labels left out
+        merge several kernel keys into one series)."""
+        series: dict[tuple[str, ...], Series] = {}
         for row in state.listeners.listeners.values():
             values = self._values(row.key.laddr, row.key.lport, row.key.netns,
                                   row.container, row.totals.comm)
-            series.setdefault(values, _Series()).add(row.totals)
-        for values, drop in drops.items():
-            s = series.setdefault(values, _Series())
+            series.setdefault(values, Series()).add(row.totals)
+        for values, drop in state.drops:
+            s = series.setdefault(values, Series())
             s.drops = drop.dropped
             s.backlog_max = max(s.backlog_max, drop.backlog_max)
             if drop.seen_ns > s.last_seen_ns:  # a sample newer than the last accept
                 s.last_seen_ns, s.backlog = drop.seen_ns, drop.backlog
-        accepts, latency, backlog, backlog_max, drops_family, lost, overflow = self._families()
-        for values, s in series.items():
+        return series
+
+    @staticmethod
+    def _overflow(state: MetricsState) -> list[tuple[str, int]]:
+        return [("listener_stats", state.listeners.listeners_overflow),
+                ("drop_series", state.drop_overflow)]
+
+    def exposition(self, openmetrics: bool, state: Optional[MetricsState] = None
+                   ) -> bytearray:
+        """The body of a scrape of ``state`` (the latest), written directly."""
+        state = state or self.state
+        return exposition.render(self.labels, self.series(state), state.lost,
+                                 self._overflow(state), openmetrics)
+
+    def render(self, state: MetricsState) -> list[Metric]:
+        """The metric families of one published state (no map, no resolver), for
+        prometheus_client's encoders."""
+        accepts, latency, backlog, backlog_max, drops, lost, overflow = self._families()
+        for values, s in self.series(state).items():
             labels = list(values)
             if s.slots is not None:
                 accepts.add_metric(labels, s.accepts)
-                latency.add_metric(labels, _buckets(s.slots, s.latency_count),
+                latency.add_metric(labels, buckets(s.slots, s.latency_count),
                                    s.latency_sum_ns / 1e9)
             backlog.add_metric(labels, s.backlog)
             backlog_max.add_metric(labels, s.backlog_max)
-            if values in drops:
-                drops_family.add_metric(labels, s.drops)
+            if s.drops is not None:
+                drops.add_metric(labels, s.drops)
         for reason, count in state.lost:
             lost.add_metric([reason], count)
-        overflow.add_metric(["listener_stats"], state.listeners.listeners_overflow)
-        overflow.add_metric(["drop_series"], state.drop_overflow)
-        return [accepts, latency, backlog, backlog_max, drops_family, lost, overflow]
-
-
-def _buckets(slots: list[int], count: int) -> list[tuple[str, float]]:
-    """Cumulative counts at each bucket edge, from the kernel's log2 slots."""
-    out, running, next_slot = [], 0, 0
-    for le, upto in BUCKETS:
-        running += sum(slots[next_slot:upto + 1])
-        next_slot = upto + 1
-        out.append((le, running))
-    out.append(("+Inf", count))
-    return out
+        for table, count in self._overflow(state):
+            overflow.add_metric([table], count)
+        return [accepts, latency, backlog, backlog_max, drops, lost, overflow]

@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from prometheus_client.exposition import choose_encoder
 
@@ -55,19 +55,20 @@ TIMEOUT_S = 10.0
 LISTEN_BACKLOG = 128
 EMFILE_PAUSE_S = 0.5
 FRESH_WAIT_S = 1.0  # a scrape waits this long for the main loop's next state at most
+OPENMETRICS = "application/openmetrics-text"
 _ERRNO_NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class StateSource(Protocol):
     """What the server needs of metrics.MetricsSink (all safe from this thread)."""
 
-    registry: object
     on_publish: list[Callable[[], None]]
 
     @property
-    def generation(self) -> int: ...
+    def state(self) -> Any: ...  # a PublishedState, immutable
     def request_fresh(self) -> int: ...
     def health(self) -> Optional[str]: ...
+    def exposition(self, openmetrics: bool, state: Any) -> bytes: ...
 
 
 class _Connection:
@@ -292,7 +293,7 @@ class MetricsServer:
             conn.waiting = (request, wanted, time.monotonic() + FRESH_WAIT_S)
 
     def _answer_waiting(self, now: float) -> None:
-        generation = self.source.generation if self.source is not None else 0
+        generation = self.source.state.generation if self.source is not None else 0
         for conn in [c for c in self._connections.values() if c.waiting]:
             request, wanted, latest_after = conn.waiting  # type: ignore[misc]
             if generation < wanted and now < latest_after:
@@ -327,19 +328,26 @@ class MetricsServer:
         """(content type, body): rendered once per published state, format and encoding;
         every client of that state gets the same bytes object."""
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        if self.source is None:  # a plain registry (tests): it may change at any time
+        source = self.source
+        if source is None:  # a plain registry (tests): it may change at any time
             self._bodies.clear()
-        elif self.source.generation != self._bodies_generation:
-            self._bodies.clear()
-            self._bodies_generation = self.source.generation
+            state = None
+        else:
+            state = source.state
+            if state.generation != self._bodies_generation:
+                self._bodies.clear()
+                self._bodies_generation = state.generation
         key = (content_type, request.gzip)
         cached = self._bodies.get(key)
         if cached is None:
             plain = self._bodies.get((content_type, False))
             if plain is None:
                 self.renders += 1
-                plain = (content_type, encoder(self.registry))  # type: ignore[arg-type]
-                self._bodies[(content_type, False)] = plain
+                if source is None:
+                    body = encoder(self.registry)  # type: ignore[arg-type]
+                else:
+                    body = source.exposition(content_type.startswith(OPENMETRICS), state)
+                plain = self._bodies[(content_type, False)] = (content_type, body)
             cached = plain
             if request.gzip:
                 cached = (content_type, gzip.compress(plain[1], compresslevel=1))
