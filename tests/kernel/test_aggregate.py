@@ -202,7 +202,7 @@ def test_dual_stack_wildcard_listener_is_keyed_by_its_bound_address() -> None:
 
 def test_a_full_listener_map_counts_what_it_could_not_aggregate(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aggregate, "listener_entries", lambda _ncpus: 4)
+    monkeypatch.setattr(aggregate, "listener_entries", lambda *_: 4)
     servers = [start_server() for _ in range(6)]
     try:
         ports = frozenset(s.port for s in servers)
