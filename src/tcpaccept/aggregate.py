@@ -115,7 +115,6 @@ class ListenerTotals:
 def merge_cpus(values: list[dict[str, Any]], peak_epoch: Optional[int] = None
                ) -> ListenerTotals:
     """Merge the per-CPU struct listener_stats (decoded, members by name)."""
-    slots = [0] * LATENCY_SLOTS
     accepts = latency_count = latency_sum = 0
     latest: Optional[dict[str, Any]] = None
     peak = backlog_max = 0
@@ -123,14 +122,13 @@ def merge_cpus(values: list[dict[str, Any]], peak_epoch: Optional[int] = None
         accepts += v["accepts"]
         latency_count += v["latency_count"]
         latency_sum += v["latency_sum_ns"]
-        for i, n in enumerate(v["latency_slots"]):
-            slots[i] += n
         backlog_max = max(backlog_max, v["backlog_max"])
         if peak_epoch is not None and v["peak_epoch"] == peak_epoch and v["accepts"]:
             peak = max(peak, v["backlog_peak"])
         if v["accepts"] and (latest is None or v["last_seen_ns"] > latest["last_seen_ns"]):
             latest = v
-    totals = ListenerTotals(accepts, latency_count, latency_sum, tuple(slots),
+    slots = tuple(map(sum, zip(*(v["latency_slots"] for v in values))))
+    totals = ListenerTotals(accepts, latency_count, latency_sum, slots or (0,) * LATENCY_SLOTS,
                             backlog_max=backlog_max, backlog_peak=peak)
     if latest is not None:
         totals.last_seen_ns = latest["last_seen_ns"]

@@ -147,3 +147,11 @@ def test_the_direct_exposition_is_byte_for_byte_what_prometheus_client_writes(
     sink = _busy_sink(labels)
     assert sink.exposition(openmetrics=False) == generate_latest(sink.registry)
     assert sink.exposition(openmetrics=True) == openmetrics.generate_latest(sink.registry)
+
+
+def test_the_fast_integer_format_is_floattogostring() -> None:
+    from prometheus_client.utils import floatToGoString
+
+    from tcpaccept.exposition import go_float
+    for value in (0, 1, 7, 999_999, 1_000_000, 12_345_678, -5, 2**63, 0.5, 1e-06, 3.2e-05):
+        assert go_float(value) == floatToGoString(value), value
