@@ -45,9 +45,11 @@ from prometheus_client.metrics_core import (
 )
 
 from . import exposition
+from .config import DEFAULT_METRICS_LABELS, METRICS_LABELS
 from .exposition import FAMILIES, LOST, OVERFLOW, Series, buckets
-from .model import Container, Drop, Item, Lost
+from .model import Container, Drop, Lost
 from .output.escape import escape_text
+from .sink import MAX_DROP_ENTRIES, KernelCountedSink
 from .snapshot import (
     DEFAULT_TTL_S,
     EMPTY,
@@ -57,9 +59,9 @@ from .snapshot import (
     Snapshot,
 )
 
-DEFAULT_LABELS = ("laddr", "lport", "netns", "container", "namespace", "pod")
-KNOWN_LABELS = DEFAULT_LABELS + ("comm",)
-MAX_DROP_SERIES = 4096
+DEFAULT_LABELS = DEFAULT_METRICS_LABELS  # one list, in config.py (the CLI checks by it)
+KNOWN_LABELS = METRICS_LABELS
+MAX_DROP_SERIES = MAX_DROP_ENTRIES
 REFRESH_EVERY_S = 10.0  # the state's age at most when no scrape asks for a fresh one
 HEALTHY_TICK_AGE_S = 5.0  # /healthz: the main loop ticks every 50 ms when it is well
 
@@ -83,7 +85,7 @@ class MetricsState:
     drop_overflow: int = 0
 
 
-class MetricsSink:
+class MetricsSink(KernelCountedSink):
     """A sink (drops, lost events) and a prometheus_client collector of the latest
     published state. Only the main loop (handle, tick, refresh) reads the kernel maps and
     the resolver; ``collect``, ``request_fresh`` and ``health`` are for the scrape thread
@@ -116,23 +118,11 @@ class MetricsSink:
 
     # -- sink (main thread) --
 
-    def handle(self, items: Sequence[Item]) -> None:
-        if not items:
-            return
-        kind = type(items[0])
-        if kind is Drop:
-            for r in items:
-                self._count_drop(r)  # type: ignore[arg-type]
-        elif kind is Lost:
-            for lost in items:
-                self.count_lost(lost)  # type: ignore[arg-type]
-        # Accept items (lines printed too): the kernel has counted them already.
-
     def count_lost(self, lost: Lost) -> None:
         reason = lost.reason.replace(" ", "_")
         self._lost[reason] = self._lost.get(reason, 0) + lost.count
 
-    def _count_drop(self, r: Drop) -> None:
+    def count_drop(self, r: Drop) -> None:
         values = self._values(r.laddr, r.lport, r.netns, r.container, r.comm or "")
         series = self._drops.get(values)
         now = self.clock_ns()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Protocol, Sequence, TextIO
 
-from .model import Item, Lost
+from .model import Drop, Item, Lost
 
 OUTPUT_STALLED = "output stalled"  # Lost.reason of lines the reader never took
 
@@ -22,6 +22,34 @@ class Sink(Protocol):
     def handle(self, items: Sequence[Item]) -> None: ...
     def tick(self, now: float) -> None: ...
     def close(self) -> None: ...
+
+
+# Drop entries a kernel-counting sink keeps (one per listening socket or label set); more are
+# counted as overflow, never stored.
+MAX_DROP_ENTRIES = 4096
+
+
+class KernelCountedSink:
+    """``handle`` of the sinks whose accepts the kernel counts (summary, metrics): drops and
+    lost events go to ``count_drop`` / ``count_lost``; Accept items (lines printed too)
+    are ignored, the kernel has counted them already."""
+
+    def handle(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        kind = type(items[0])
+        if kind is Drop:
+            for drop in items:
+                self.count_drop(drop)  # type: ignore[arg-type]
+        elif kind is Lost:
+            for lost in items:
+                self.count_lost(lost)  # type: ignore[arg-type]
+
+    def count_drop(self, drop: Drop) -> None:
+        raise NotImplementedError
+
+    def count_lost(self, lost: Lost) -> None:
+        raise NotImplementedError
 
 
 class Tee:

@@ -31,14 +31,14 @@ from .aggregate import (
     slot_percentile_us,
     slot_upper_us,
 )
-from .model import Container, Drop, Item, Lost
+from .model import Container, Drop, Lost
 from .output.clock import hms, iso_prefix
 from .output.escape import escape_text
-from .sink import LostNotices
+from .sink import MAX_DROP_ENTRIES, KernelCountedSink, LostNotices
 from .snapshot import DEFAULT_TTL_S, ListenerTable
 
 TOP_REMOTES = 5
-MAX_DROP_ROWS = 4096
+MAX_DROP_ROWS = MAX_DROP_ENTRIES
 
 
 def endpoint(laddr: str, lport: int) -> str:
@@ -95,7 +95,7 @@ class _Drops:
     container: Optional[Container]
 
 
-class SummarySink:
+class SummarySink(KernelCountedSink):
     """Reads the aggregation maps and prints them every `interval` seconds."""
 
     def __init__(self, out: TextIO, interval: float, as_json: bool, notices: LostNotices,
@@ -117,19 +117,10 @@ class SummarySink:
         self._drops_overflow = 0
         self._overflow = 0
 
-    def handle(self, items: Sequence[Item]) -> None:
-        if not items:
-            return
-        kind = type(items[0])
-        if kind is Drop:
-            for r in items:
-                self._count_drop(r)  # type: ignore[arg-type]
-        elif kind is Lost:
-            for lost in items:
-                self._notices.report(lost)  # type: ignore[arg-type]
-        # Accept items (lines printed too): the kernel has counted them already.
+    def count_lost(self, lost: Lost) -> None:
+        self._notices.report(lost)
 
-    def _count_drop(self, r: Drop) -> None:
+    def count_drop(self, r: Drop) -> None:
         where = (r.netns, r.laddr, r.lport)
         drops = self._drops.get(where)
         if drops is None:
