@@ -14,6 +14,7 @@ lack a member this module reads, or have it in another size, fails with one line
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -96,7 +97,7 @@ class ListenerKey:
                     lport=self.lport, laddr=laddr)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ListenerTotals:
     """One listener's figures since it was first seen, all CPUs merged."""
 
@@ -130,12 +131,11 @@ def merge_cpus(values: list[dict[str, Any]], peak_epoch: Optional[int] = None
     slots = tuple(map(sum, zip(*(v["latency_slots"] for v in values))))
     totals = ListenerTotals(accepts, latency_count, latency_sum, slots or (0,) * LATENCY_SLOTS,
                             backlog_max=backlog_max, backlog_peak=peak)
-    if latest is not None:
-        totals.last_seen_ns = latest["last_seen_ns"]
-        totals.backlog = latest["backlog"]
-        totals.pid = latest["pid"]
-        totals.comm = latest["comm"].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-    return totals
+    if latest is None:
+        return totals
+    comm = latest["comm"].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    return dataclasses.replace(totals, last_seen_ns=latest["last_seen_ns"],
+                               backlog=latest["backlog"], pid=latest["pid"], comm=comm)
 
 
 def remote_address(raw: bytes) -> str:
