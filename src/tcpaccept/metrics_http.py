@@ -1,9 +1,11 @@
-"""HTTP pieces of the metrics endpoint: the request head, the response head, TLS, the
-exposure warning. No sockets are served here (metrics_server.py does that)."""
+"""The pieces around the metrics endpoint's loop: the listening socket, the request head,
+the response head, TLS, a hang-up check, the exposure warning. The serving loop itself is
+metrics_server.py."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Optional, TextIO
@@ -11,6 +13,7 @@ from typing import Optional, TextIO
 from .errors import TcpacceptError
 
 MAX_REQUEST_HEAD = 8192
+LISTEN_BACKLOG = 128
 LANDING_PAGE = (b"<html><head><title>tcpaccept</title></head><body>"
                 b'<a href="/metrics">Metrics</a></body></html>\n')
 PATHS = ("/", "/metrics", "/healthz")
@@ -101,3 +104,33 @@ def response(status: int, reason: str, body: Optional[bytes] = None,
         body = f"{status} {reason}\n".encode()
     head = response_head(status, reason, len(body), content_type, extra)
     return head + (b"" if head_only else body)
+
+
+def listen_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking listener; [::] serves IPv4 too (IPV6_V6ONLY off)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind((address, port))
+        listener.listen(LISTEN_BACKLOG)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """The client closed its side (CLOSE-WAIT here) or reset. TLS sockets cannot peek;
+    their hang-up shows as a read of nothing in _read instead."""
+    if isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True

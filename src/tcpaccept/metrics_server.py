@@ -43,6 +43,8 @@ from .metrics_http import (  # noqa: F401 - exposure_warning, warn_if_exposed: p
     MAX_REQUEST_HEAD,
     Request,
     exposure_warning,
+    hung_up,
+    listen_socket,
     parse_request,
     response,
     response_head,
@@ -52,8 +54,8 @@ from .metrics_http import (  # noqa: F401 - exposure_warning, warn_if_exposed: p
 
 MAX_CONNECTIONS = 64
 TIMEOUT_S = 10.0
-LISTEN_BACKLOG = 128
 EMFILE_PAUSE_S = 0.5
+MAX_PINNED_BYTES = 32 << 20  # distinct bodies still being sent, all together (see below)
 FRESH_WAIT_S = 1.0  # a scrape waits this long for the main loop's next state at most
 OPENMETRICS = "application/openmetrics-text"
 _ERRNO_NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -72,7 +74,7 @@ class StateSource(Protocol):
 
 
 class _Connection:
-    __slots__ = ("sock", "deadline", "request", "reply", "handshaking", "waiting")
+    __slots__ = ("sock", "deadline", "request", "reply", "handshaking", "waiting", "body")
 
     def __init__(self, sock: socket.socket, deadline: float, handshaking: bool) -> None:
         self.sock = sock
@@ -82,6 +84,7 @@ class _Connection:
         self.handshaking = handshaking
         # (parsed request, generation wanted, serve the latest after) while it waits
         self.waiting: Optional[tuple[Request, int, float]] = None
+        self.body: Optional[bytes | bytearray] = None  # the shared body it is being sent
 
 
 class MetricsServer:
@@ -98,7 +101,7 @@ class MetricsServer:
         self.max_connections = max_connections
         self.timeout_s = timeout_s
         self._tls = tls_context(certfile, keyfile) if certfile and keyfile else None
-        self._listener = _listen(address, port)
+        self._listener = listen_socket(address, port)
         self.port: int = self._listener.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -298,7 +301,7 @@ class MetricsServer:
             request, wanted, latest_after = conn.waiting  # type: ignore[misc]
             if generation < wanted and now < latest_after:
                 continue
-            if _hung_up(conn.sock):  # left while it waited: no work for it
+            if hung_up(conn.sock):  # left while it waited: no work for it
                 self._drop(conn)
                 continue
             conn.waiting = None
@@ -322,7 +325,28 @@ class MetricsServer:
         extra = "Content-Encoding: gzip\r\n" if request.gzip else ""
         head = response_head(200, "OK", len(body), content_type, extra)
         conn.reply = [memoryview(head)] + ([] if request.head_only else [memoryview(body)])
+        conn.body = None if request.head_only else body
         self._selector.modify(conn.sock, selectors.EVENT_WRITE)
+        self._bound_pinned_bodies()
+
+    def _bound_pinned_bodies(self) -> None:
+        """A client still being sent an older body keeps it alive. Past MAX_PINNED_BYTES of
+        distinct bodies, the clients of the oldest non-current ones go: memory is bounded
+        by design, whatever the clients do (a scraper that reads takes a body in well
+        under a second; one that does not read loses nothing it would have read)."""
+        current = {id(body) for _, body in self._bodies.values()}
+        pinned: dict[int, tuple[int, list[_Connection]]] = {}
+        for conn in self._connections.values():  # oldest first
+            if conn.body is not None:
+                pinned.setdefault(id(conn.body), (len(conn.body), []))[1].append(conn)
+        total = sum(size for size, _ in pinned.values())
+        for key, (size, holders) in pinned.items():
+            if total <= MAX_PINNED_BYTES:
+                return
+            if key not in current:
+                for conn in holders:
+                    self._drop(conn)
+                total -= size
 
     def _body(self, request: Request) -> tuple[str, bytes]:
         """(content type, body): rendered once per published state, format and encoding;
@@ -363,33 +387,3 @@ class MetricsServer:
             if not reply[0]:
                 reply.pop(0)
         self._drop(conn)  # Connection: close
-
-
-def _listen(address: str, port: int) -> socket.socket:
-    """A non-blocking listener; [::] serves IPv4 too (IPV6_V6ONLY off)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        listener.bind((address, port))
-        listener.listen(LISTEN_BACKLOG)
-        listener.setblocking(False)
-    except OSError:
-        listener.close()
-        raise
-    return listener
-
-
-def _hung_up(sock: socket.socket) -> bool:
-    """The client closed its side (CLOSE-WAIT here) or reset. TLS sockets cannot peek;
-    their hang-up shows as a read of nothing in _read instead."""
-    if isinstance(sock, ssl.SSLSocket):
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return True

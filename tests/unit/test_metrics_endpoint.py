@@ -171,3 +171,61 @@ def test_output_stalls_reach_the_metrics_and_kernel_losses_do_not_twice() -> Non
     notices.report(Lost(3, "output stalled"))
     notices.report(Lost(4, "ring buffer"))  # the Tee hands these to the metrics itself
     assert forwarded == [Lost(3, "output stalled")]
+
+
+class BigBodyReader(FakeReader):
+    """Enough listeners for a body the socket buffers cannot take whole (~4.3 MB)."""
+
+    def read_listeners(self, peak_epoch: object = None) -> dict[ListenerKey, ListenerTotals]:
+        self.reads += 1
+        now = time.monotonic_ns()
+        return {ListenerKey(netns=1, family=4, laddr="0.0.0.0", lport=port, cgroup_id=0):
+                ListenerTotals(accepts=self.reads, last_seen_ns=now)
+                for port in range(1, 4001)}
+
+
+def unread(port: int) -> socket.socket:
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+    return client
+
+
+def _closed_by_server(client: socket.socket) -> bool:
+    """Its data ends (after what the buffers took) or it was reset: the server let go."""
+    client.settimeout(0.5)
+    try:
+        while chunk := client.recv(1 << 20):
+            del chunk
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_clients_that_never_read_cannot_pin_more_than_the_body_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcpaccept import metrics_server
+    sink = MetricsSink(BigBodyReader(), labels=("lport",))  # type: ignore[arg-type]
+    monkeypatch.setattr(metrics_server, "MAX_PINNED_BYTES", 10 << 20)  # about 2.3 bodies
+    clients: list[socket.socket] = []
+    with MetricsServer("127.0.0.1", 0, sink.registry, source=sink, timeout_s=30) as server:
+        loop = Loop(sink)
+        try:
+            for _ in range(6):  # each one asks after the previous state: a body of its own
+                clients.append(unread(server.port))
+                wait_until(lambda: server.renders == len(clients))
+            body_bytes = len(sink.exposition(False))
+            assert 4 << 20 < body_bytes < 5 << 20  # so the budget holds two of them
+            # The newest client keeps the current body; of the older ones, those whose
+            # bodies pass the budget were let go (oldest first).
+            open_now = server.open_connections()
+            assert 1 <= open_now <= 3, open_now
+            assert _closed_by_server(clients[0])
+            assert server.renders == 6
+        finally:
+            loop.stop()
+            for client in clients:
+                client.close()
