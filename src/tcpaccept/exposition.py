@@ -10,7 +10,7 @@ Every series' label string is escaped once and reused by all its lines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from prometheus_client.utils import floatToGoString
 
@@ -94,11 +94,16 @@ def _braced(inner: str) -> str:
 CHUNK_LINES = 2048  # lines encoded at a time: the body is the only full-size copy
 
 
+class Cancelled(Exception):
+    """The render was given up (the server is stopping)."""
+
+
 class _Writer:
     """Lines appended as text, encoded into one bytearray every CHUNK_LINES."""
 
-    def __init__(self, openmetrics: bool) -> None:
+    def __init__(self, openmetrics: bool, cancelled: Callable[[], bool]) -> None:
         self.openmetrics = openmetrics
+        self.cancelled = cancelled
         self.body = bytearray()
         self.out: list[str] = []
 
@@ -112,6 +117,8 @@ class _Writer:
             self.append(line)
 
     def flush(self) -> None:
+        if self.cancelled():  # SIGTERM does not wait for a 9 MB body
+            raise Cancelled()
         self.body += "".join(self.out).encode("utf-8")
         self.out.clear()
 
@@ -127,7 +134,7 @@ class _Writer:
 
 def render(label_names: Sequence[str], series: dict[tuple[str, ...], Series],
            lost: Sequence[tuple[str, int]], overflow: Sequence[tuple[str, int]],
-           openmetrics: bool) -> bytearray:
+           openmetrics: bool, cancelled: Callable[[], bool] = lambda: False) -> bytearray:
     """The whole body for these series (in their order) and counters. A bytearray, to
     save a full copy; nobody changes it after (the server shares it between clients)."""
     g = go_float
@@ -141,7 +148,7 @@ def render(label_names: Sequence[str], series: dict[tuple[str, ...], Series],
         high = _labels((label_names[i], values[i]) for i in after_le)
         rows.append((plain, (low + "," if low else "") + 'le="',
                      '"' + ("," + high if high else ""), s))
-    w = out = _Writer(openmetrics)
+    w = out = _Writer(openmetrics, cancelled)
     w.header(ACCEPTS)
     out.extend(f"tcpaccept_accepts_total{plain} {g(s.accepts)}\n"
                for plain, _, _, s in rows if s.slots is not None)

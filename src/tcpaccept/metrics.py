@@ -231,12 +231,13 @@ class MetricsSink(KernelCountedSink):
         return [("listener_stats", state.listeners.listeners_overflow),
                 ("drop_series", state.drop_overflow)]
 
-    def exposition(self, openmetrics: bool, state: Optional[MetricsState] = None
-                   ) -> bytearray:
-        """The body of a scrape of ``state`` (the latest), written directly."""
+    def exposition(self, openmetrics: bool, state: Optional[MetricsState] = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> bytearray:
+        """The body of a scrape of ``state`` (the latest), written directly; raises
+        exposition.Cancelled when ``cancelled()`` turns true."""
         state = state or self.state
         return exposition.render(self.labels, self.series(state), state.lost,
-                                 self._overflow(state), openmetrics)
+                                 self._overflow(state), openmetrics, cancelled)
 
     def render(self, state: MetricsState) -> list[Metric]:
         """The metric families of one published state (no map, no resolver), for

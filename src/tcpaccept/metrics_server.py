@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from prometheus_client.exposition import choose_encoder
 
+from .exposition import Cancelled
 from .metrics_http import (  # noqa: F401 - exposure_warning, warn_if_exposed: public here
     LANDING_PAGE,
     MAX_REQUEST_HEAD,
@@ -70,7 +71,8 @@ class StateSource(Protocol):
     def state(self) -> Any: ...  # a PublishedState, immutable
     def request_fresh(self) -> int: ...
     def health(self) -> Optional[str]: ...
-    def exposition(self, openmetrics: bool, state: Any) -> bytes: ...
+    def exposition(self, openmetrics: bool, state: Any,
+                   cancelled: Callable[[], bool]) -> bytes: ...
 
 
 class _Connection:
@@ -316,6 +318,9 @@ class MetricsServer:
     def _reply_metrics(self, conn: _Connection, request: Request) -> None:
         try:
             content_type, body = self._body(request)
+        except Cancelled:  # stopping: no answer
+            self._drop(conn)
+            return
         except Exception as exc:  # noqa: BLE001 - whatever a collector raises
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -370,7 +375,8 @@ class MetricsServer:
                 if source is None:
                     body = encoder(self.registry)  # type: ignore[arg-type]
                 else:
-                    body = source.exposition(content_type.startswith(OPENMETRICS), state)
+                    body = source.exposition(content_type.startswith(OPENMETRICS), state,
+                                             lambda: self._stopping)
                 plain = self._bodies[(content_type, False)] = (content_type, body)
             cached = plain
             if request.gzip:

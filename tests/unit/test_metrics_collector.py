@@ -155,3 +155,11 @@ def test_the_fast_integer_format_is_floattogostring() -> None:
     from tcpaccept.exposition import go_float
     for value in (0, 1, 7, 999_999, 1_000_000, 12_345_678, -5, 2**63, 0.5, 1e-06, 3.2e-05):
         assert go_float(value) == floatToGoString(value), value
+
+
+def test_a_render_is_given_up_when_the_server_stops() -> None:
+    from tcpaccept.exposition import Cancelled
+    sink = _busy_sink(DEFAULT_LABELS)
+    with pytest.raises(Cancelled):
+        sink.exposition(openmetrics=False, cancelled=lambda: True)
+    assert sink.exposition(openmetrics=False, cancelled=lambda: False)
