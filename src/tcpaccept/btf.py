@@ -136,6 +136,15 @@ def kernel_btf_has_name(name: str, path: str = "/sys/kernel/btf/vmlinux") -> boo
                                          start + str_len) >= 0
 
 
+def kernel_has_struct(name: str) -> bool:
+    """Whether the running kernel's BTF defines `struct name`."""
+    btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
+    try:
+        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
+    finally:
+        lib().btf__free(btf)
+
+
 class DataSection:
     """Named `const volatile` globals of an opened, not yet loaded, object (libbpf-tools'
     `rodata->target_uid = 33`), written through the section's BTF variable offsets."""

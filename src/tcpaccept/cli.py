@@ -15,6 +15,7 @@ from .containers.selector import Selector, SelectorError
 from .diagnostics import nonblocking_stderr
 from .errors import TcpacceptError
 from .flag_rules import host_root_warning, idle_flag_error
+from .plan import RunPlan
 
 EXAMPLES = """\
 examples:
@@ -306,25 +307,6 @@ def build_parser() -> OneLineParser:
 
 def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
     family = 4 if args.ipv4 else 6 if args.ipv6 else None
-    config = Config(
-        pids=args.pid or frozenset(),
-        lports=args.port or frozenset(),
-        uid=args.uid,
-        comm=args.comm,
-        netns=args.netns,
-        cgroup=args.cgroup,
-        cgroupmap=args.cgroupmap,
-        mntnsmap=args.mntnsmap,
-        remotes=tuple(sorted(args.remote or (), key=str)),
-        family=family,
-        probe=args.probe,
-        ring_buffer_bytes=args.ring_buffer * 1024,
-        # Only the default text layout has no use for the queue latency: skip its hook.
-        queue_latency=bool(args.latency or args.json or args.summary or args.metrics),
-        io_uring=args.io_uring,
-        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
-        host_root=args.host_root,
-    )
     output = OutputConfig(
         json=args.json,
         relative_time=args.timestamp,
@@ -342,6 +324,24 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         metrics_tls_key=args.metrics_tls_key,
         quiet=args.quiet,
         metrics_labels=args.metrics_labels or DEFAULT_METRICS_LABELS,
+    )
+    config = Config(
+        pids=args.pid or frozenset(),
+        lports=args.port or frozenset(),
+        uid=args.uid,
+        comm=args.comm,
+        netns=args.netns,
+        cgroup=args.cgroup,
+        cgroupmap=args.cgroupmap,
+        mntnsmap=args.mntnsmap,
+        remotes=tuple(sorted(args.remote or (), key=str)),
+        family=family,
+        probe=args.probe,
+        ring_buffer_bytes=args.ring_buffer * 1024,
+        queue_latency=RunPlan.of(output).queue_latency,
+        io_uring=args.io_uring,
+        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
+        host_root=args.host_root,
     )
     return config, output
 

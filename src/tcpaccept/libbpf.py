@@ -8,7 +8,6 @@ object, the step and libbpf's own message.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from typing import Callable, Iterator, Optional
@@ -48,6 +47,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_strerror": (_c.c_int, [_c.c_int, _c.c_char_p, _c.c_size_t]),
     "libbpf_set_print": (_c.c_void_p, [_PRINT_FN]),
     "libbpf_probe_bpf_helper": (_c.c_int, [_c.c_int, _c.c_int, _c.c_void_p]),
+    "libbpf_num_possible_cpus": (_c.c_int, []),
     "bpf_object__open_file": (_c.c_void_p, [_c.c_char_p, _c.c_void_p]),
     "bpf_object__load": (_c.c_int, [_c.c_void_p]),
     "bpf_object__close": (None, [_c.c_void_p]),
@@ -66,6 +66,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__set_max_entries": (_c.c_int, [_c.c_void_p, _c.c_uint32]),
     "bpf_map__initial_value": (_c.c_void_p, [_c.c_void_p, _c.POINTER(_c.c_size_t)]),
     "bpf_map__value_size": (_c.c_uint32, [_c.c_void_p]),
+    "bpf_map__key_size": (_c.c_uint32, [_c.c_void_p]),
+    "bpf_map_get_next_key": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
     "bpf_map_update_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p, _c.c_uint64]),
     "bpf_map_lookup_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
     "bpf_map_delete_elem": (_c.c_int, [_c.c_int, _c.c_void_p]),
@@ -162,16 +164,9 @@ def probe_helper(prog_type: int, helper_id: int) -> bool:
     return lib().libbpf_probe_bpf_helper(prog_type, helper_id, None) == 1
 
 
-BTF_KIND_STRUCT = 4
-
-
-def kernel_has_struct(name: str) -> bool:
-    """Whether the running kernel's BTF defines `struct name`."""
-    btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
-    try:
-        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
-    finally:
-        lib().btf__free(btf)
+def possible_cpus() -> int:
+    """Per-CPU map values have one slot per possible CPU (not just online ones)."""
+    return _check_rc(lib().libbpf_num_possible_cpus(), "count the possible CPUs")
 
 
 def pinned_fd(path: str) -> int:
@@ -222,6 +217,24 @@ class Map:
         if lib().bpf_map_lookup_elem(self.fd, key, value) < 0:
             return None
         return value.raw
+
+    def lookup_per_cpu(self, key: bytes, ncpus: int) -> Optional[list[bytes]]:
+        """A per-CPU map's value, one bytes per possible CPU (each padded to 8 by the
+        kernel); None if the key is gone."""
+        size = lib().bpf_map__value_size(self._ptr)
+        raw = self.lookup(key, (stride := (size + 7) & ~7) * ncpus)
+        return None if raw is None else [raw[i:i + size] for i in range(0, len(raw), stride)]
+
+    def iter_keys(self) -> Iterator[bytes]:
+        """Every key present now; a key deleted under us restarts the kernel's walk from
+        the first key, so a key seen twice ends it (and max_entries bounds it)."""
+        size, seen = lib().bpf_map__key_size(self._ptr), set()
+        prev, key = None, ctypes.create_string_buffer(size)
+        while (lib().bpf_map_get_next_key(self.fd, prev, key) == 0 and key.raw not in seen
+               and len(seen) < self.max_entries):
+            seen.add(key.raw)
+            yield key.raw
+            prev = ctypes.create_string_buffer(key.raw, size)
 
 
 class Program:

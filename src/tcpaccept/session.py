@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
 from . import iouring, libbpf, preflight, privileges, probes
 from .aggregate import AggregateReader
@@ -35,10 +35,15 @@ from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextO
 from .output.text import TextFormatter
 from .output.writer import BufferedText, OutputWriter
 from .pidns import pid_namespace_notice
+from .plan import DropPolicy, RunPlan
 from .run import BANNER, DropSource, StopFlag, run
 from .sink import LostNotices, Sink, Tee
+from .snapshot import ListenerTable
 from .summary import SummarySink
 from .tracer import Tracer
+
+if TYPE_CHECKING:
+    from .metrics import MetricsSink
 
 
 def _stderr_logger(verbose: bool) -> Callable[[str], None]:
@@ -74,14 +79,17 @@ def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
 
 def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
                       resolver: Optional[ContainerResolver] = None,
-                      aggregates: Optional[AggregateReader] = None) -> Sink:
+                      aggregates: Optional[AggregateReader] = None,
+                      table: Optional[ListenerTable] = None,
+                      stalls_to: Optional[Callable[[Lost], None]] = None) -> Sink:
     """The sink that prints: summary tables, JSON lines or the seed's text lines."""
-    notices = LostNotices(sys.stderr)
+    notices = LostNotices(sys.stderr, stalls_to)
     if output.summary_interval:
         if aggregates is None:
             raise TcpacceptError("summary mode needs the tracer's aggregation maps")
         return SummarySink(BufferedText(out, notices), output.summary_interval, output.json,
-                           notices, aggregates, resolver.resolve if resolver else None)
+                           notices, aggregates, resolver.resolve if resolver else None,
+                           table=table)
     cgroup_path = None
     if output.extended and resolver is not None:
         def cgroup_path(cgroup_id: int) -> str:
@@ -141,13 +149,15 @@ class FilteredDrops:
         return self.monitor.listeners() if isinstance(self.monitor, TableDropMonitor) else None
 
 
-def _metrics_server(registry: object, output: OutputConfig) -> contextlib.AbstractContextManager:
+def _metrics_server(metrics: MetricsSink, output: OutputConfig
+                    ) -> contextlib.AbstractContextManager:
     from .metrics_server import MetricsServer, warn_if_exposed
 
+    assert output.metrics is not None
     address, port = output.metrics
     try:
-        server = MetricsServer(address, port, registry, output.metrics_tls_cert,
-                               output.metrics_tls_key)
+        server = MetricsServer(address, port, metrics.registry, output.metrics_tls_cert,
+                               output.metrics_tls_key, source=metrics)
     except OSError as exc:
         raise TcpacceptError(f"--metrics {address}:{port}: cannot listen: "
                              f"{exc.strerror or exc}") from None
@@ -185,14 +195,6 @@ def _sock_diag_monitor(ports: Optional[frozenset[int]], why: str) -> ListenerDro
     return monitor
 
 
-def _needs_containers(config: Config, output: OutputConfig) -> bool:
-    """Container names cost a cgroup walk at start and a dict hit per event: only when
-    something shows, filters or labels by them."""
-    labelled = output.metrics and {"container", "namespace", "pod"} & set(output.metrics_labels)
-    return bool(output.json or output.extended or output.summary_interval or labelled
-                or config.containers)
-
-
 def _open_output(out: Optional[TextIO], on_closed: Callable[[], None]) -> Output:
     """stdout through the writer thread (a stalled reader never blocks the loop or the
     signals; a reader gone calls on_closed at once); a caller's TextIO (tests, benchmarks)
@@ -221,20 +223,24 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
     stop.install()
     try:
         with contextlib.ExitStack() as owned:
+            plan = RunPlan.of(output, config)
             # Summary and metrics count in the kernel; records only for printed lines.
-            aggregating = bool(output.summary_interval or output.metrics)
             tracer = owned.enter_context(Tracer(
-                config, _stderr_logger(output.verbose), aggregate=aggregating,
-                emit_records=not (output.summary_interval or (output.metrics and output.quiet))
-                or bool(output.count), aggregate_remotes=bool(output.summary_interval)))
-            aggregates = AggregateReader(tracer) if aggregating else None
+                config, _stderr_logger(output.verbose), aggregate=plan.aggregate,
+                emit_records=plan.emit_records, aggregate_remotes=plan.aggregate_remotes))
+            aggregates = AggregateReader(tracer) if plan.aggregate else None
             if tracer.pid_namespace is not None:  # PIDs are not the host's: say whose
                 print(f"tcpaccept: {pid_namespace_notice(tracer.pid_namespace)}",
                       file=sys.stderr, flush=True)
-            resolver = (ContainerResolver(host_root=config.host_root)
-                        if _needs_containers(config, output) else None)
+            # The resolver lives on this thread only (the loop, the listener table).
+            resolver = (owned.enter_context(contextlib.closing(
+                ContainerResolver(host_root=config.host_root)))
+                if plan.resolve_containers else None)
             if resolver is not None:  # names need root-only state directories
                 _warn_if(privileges.container_names_warning(config.host_root))
+            # One listener table for the summary and the metrics: one owner of the TTL.
+            table = (ListenerTable(aggregates, container_of=resolver.resolve if resolver
+                                   else None) if aggregates is not None else None)
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
                                      container_of=resolver.resolve if resolver else None)
             # The wall clock can be stepped (NTP, an operator) during a long run: re-read
@@ -259,7 +265,7 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
 
                 chores.append(follow_cgroup)
             drops = None
-            if output.drops or output.summary_interval or output.metrics:
+            if plan.drops is not DropPolicy.NONE:
                 # Its baseline is taken now: every drop after the banner is reported.
                 # --metrics counts drops too (the agent's drop alert), but there a monitor
                 # that cannot start is a warning, not the end: accepts still count.
@@ -267,16 +273,17 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                     monitor = owned.enter_context(_open_drop_monitor(config))
                     drops = FilteredDrops(config, monitor, resolver)
                 except TcpacceptError as exc:
-                    if output.drops or output.summary_interval:
+                    if plan.drops is DropPolicy.REQUIRED:
                         raise
                     _warn(f"{exc}; tcpaccept_listen_drops_total stays empty")
             sinks: list[Sink] = []
-            if output.metrics:
+            metrics = None
+            if plan.metrics:
                 from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
 
-                metrics = MetricsSink(aggregates, output.metrics_labels,
-                                      resolver.resolve if resolver else None)
-                owned.enter_context(_metrics_server(metrics.registry, output))
+                assert table is not None
+                metrics = MetricsSink(table, output.metrics_labels)
+                owned.enter_context(_metrics_server(metrics, output))
                 sinks.append(metrics)
             lines_out = _open_output(out, stop.request)
             owned.callback(_finish_output, lines_out)  # after the sinks' last words
@@ -287,7 +294,8 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
             else:
                 lines_out.write_lines(BANNER + "\n", 0)
             sinks.append(build_output_sink(output, lines_out, time.time_ns(), resolver,
-                                           aggregates))
+                                           aggregates, table,
+                                           metrics.count_lost if metrics else None))
             sink = owned.enter_context(contextlib.closing(
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
 

@@ -11,16 +11,46 @@ list comprehension.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, TextIO
+from typing import Callable, Optional, Protocol, Sequence, TextIO
 
 from .diagnostics import RateLimit
-from .model import Item, Lost
+from .model import Drop, Item, Lost
+
+OUTPUT_STALLED = "output stalled"  # Lost.reason of lines the reader never took
 
 
 class Sink(Protocol):
     def handle(self, items: Sequence[Item]) -> None: ...
     def tick(self, now: float) -> None: ...
     def close(self) -> None: ...
+
+
+# Drop entries a kernel-counting sink keeps (one per listening socket or label set); more are
+# counted as overflow, never stored.
+MAX_DROP_ENTRIES = 4096
+
+
+class KernelCountedSink:
+    """``handle`` of the sinks whose accepts the kernel counts (summary, metrics): drops and
+    lost events go to ``count_drop`` / ``count_lost``; Accept items (lines printed too)
+    are ignored, the kernel has counted them already."""
+
+    def handle(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        kind = type(items[0])
+        if kind is Drop:
+            for drop in items:
+                self.count_drop(drop)  # type: ignore[arg-type]
+        elif kind is Lost:
+            for lost in items:
+                self.count_lost(lost)  # type: ignore[arg-type]
+
+    def count_drop(self, drop: Drop) -> None:
+        raise NotImplementedError
+
+    def count_lost(self, lost: Lost) -> None:
+        raise NotImplementedError
 
 
 class Tee:
@@ -50,15 +80,21 @@ class LostNotices:
     (a stall lasts; one line a loop turn would fill stderr): the counts in between are
     added to the next line, so the lines still sum to the total."""
 
-    def __init__(self, err: TextIO) -> None:
+    def __init__(self, err: TextIO, stalls_to: Optional[Callable[[Lost], None]] = None
+                 ) -> None:
         self.err = err
         self.total = 0
         self.summaries = 0
         self._limit = RateLimit()
+        # The kernel's losses reach every sink through the Tee; an output stall is found
+        # by the output sink itself, so it is handed on (to the metrics) from here.
+        self.stalls_to = stalls_to
 
     def report(self, lost: Lost) -> None:
         if lost.count <= 0:
             return
+        if self.stalls_to is not None and lost.reason == OUTPUT_STALLED:
+            self.stalls_to(lost)
         self.total += lost.count
         why = "" if lost.reason == "ring buffer" else f" ({lost.reason})"
         self._say(f"events{why}", self._limit.add(f"events{why}", lost.count))
