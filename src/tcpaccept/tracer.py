@@ -17,6 +17,7 @@ from .event import Decoder, RecordLayout, default_object_path
 from .model import Container
 from .pidns import PidNamespace, shown_pid_namespace
 from .preflight import kernel_version
+from .ring_buffer import RingBuffer
 
 _libc = ctypes.CDLL(None)
 
@@ -82,7 +83,7 @@ class Tracer:
         self.rejected: dict[str, str] = {}  # method -> why it was not used
         self._object: Optional[libbpf.BpfObject] = None
         self._links: list[libbpf.Link] = []
-        self._ring: Optional[libbpf.RingBuffer] = None
+        self._ring: Optional[RingBuffer] = None
         self._batch: list[bytes] = []
         self._open_fds: list[int] = []
         self._lost_map: Optional[libbpf.Map] = None
@@ -178,7 +179,7 @@ class Tracer:
                 self._kprobe_links.append(self._links[-1])
         self._lost_map = obj.map("lost_events")
         self._outside_map = obj.map("outside_pid_namespace")
-        self._ring = libbpf.RingBuffer(obj.map("events"), self._on_sample)
+        self._ring = RingBuffer(obj.map("events"), self._on_sample)
 
     def _reuse_pinned(self, obj: libbpf.BpfObject) -> None:
         for map_name, flag, path in (("cgroupmap", "--cgroupmap", self.config.cgroupmap),
