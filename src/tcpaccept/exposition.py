@@ -26,13 +26,16 @@ ACCEPTS = ("tcpaccept_accepts", "counter", "TCP connections accepted")
 LATENCY = ("tcpaccept_queue_latency_seconds", "histogram",
            "Time from ESTABLISHED to accept() (log2 buckets)")
 BACKLOG = ("tcpaccept_listen_backlog", "gauge",
-           "Listener accept queue length at its last accept or sample")
+           "Listener accept queue length at the last listener table read (else last accept)")
 BACKLOG_MAX = ("tcpaccept_listen_backlog_max", "gauge", "Listener accept queue limit")
-DROPS = ("tcpaccept_listen_drops", "counter", "Connections a listener dropped on a full queue")
+SYN_QUEUE = ("tcpaccept_listen_syn_queue", "gauge",
+             "Listener SYN queue length (handshakes not yet in the accept queue)")
+DROPS = ("tcpaccept_listen_drops", "counter",
+         "Connections a listener dropped (sk_drops), from 0 when it was first seen")
 LOST = ("tcpaccept_lost_events", "counter", "Events that never reached the output")
 OVERFLOW = ("tcpaccept_aggregation_overflow", "counter",
             "Items not counted because a bounded table was full")
-FAMILIES = (ACCEPTS, LATENCY, BACKLOG, BACKLOG_MAX, DROPS, LOST, OVERFLOW)
+FAMILIES = (ACCEPTS, LATENCY, BACKLOG, BACKLOG_MAX, SYN_QUEUE, DROPS, LOST, OVERFLOW)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Series:
     backlog_max: int = 0
     last_seen_ns: int = -1
     drops: Optional[int] = None  # None: no drop series for this label set
+    syn_queue: Optional[int] = None  # None: no listening socket read for this label set
 
     def add(self, t: ListenerTotals) -> None:
         self.accepts += t.accepts
@@ -59,6 +63,17 @@ class Series:
         self.backlog_max = max(self.backlog_max, t.backlog_max)
         if t.last_seen_ns > self.last_seen_ns:
             self.last_seen_ns, self.backlog = t.last_seen_ns, t.backlog
+
+    def sample(self, backlog: int, backlog_max: int, syn_queue: int, dropped: int) -> None:
+        """A listening socket's read (listener table): it replaces what the accepts said
+        of the queue; several sockets of one label set (SO_REUSEPORT, labels left out)
+        add up."""
+        if self.syn_queue is None:
+            self.backlog = self.backlog_max = self.syn_queue = self.drops = 0
+        self.backlog += backlog
+        self.backlog_max += backlog_max
+        self.syn_queue += syn_queue
+        self.drops = (self.drops or 0) + dropped
 
 
 def buckets(slots: Sequence[int], count: int) -> list[tuple[str, int]]:
@@ -166,6 +181,9 @@ def render(label_names: Sequence[str], series: dict[tuple[str, ...], Series],
     w.header(BACKLOG_MAX)
     out.extend(f"tcpaccept_listen_backlog_max{plain} {g(s.backlog_max)}\n"
                for plain, _, _, s in rows)
+    w.header(SYN_QUEUE)
+    out.extend(f"tcpaccept_listen_syn_queue{plain} {g(s.syn_queue)}\n"
+               for plain, _, _, s in rows if s.syn_queue is not None)
     w.header(DROPS)
     out.extend(f"tcpaccept_listen_drops_total{plain} {g(s.drops)}\n"
                for plain, _, _, s in rows if s.drops is not None)

@@ -25,6 +25,13 @@ drop counts, and their series disappear. If such a listener accepts again, its c
 restart from 0: Prometheus' rate()/increase() treat that as a counter reset, so rates stay
 right but a raw counter value is only "since this listener was last active".
 
+Listening sockets (the listener table of listeners/, a task_file iterator, every network
+namespace): each one the user's filters want has backlog, backlog max, SYN-queue and drop
+series from the first read that saw it, hung servers (no accept ever) included; its drop
+counter starts at 0 then, so a first burst is an increase(). These series go when the
+socket closes. Without that table (the sock_diag fallback) drops arrive as items instead
+and a drop series is born at its first drop.
+
 Every table is bounded: the kernel map by its max_entries (an accept that finds it full is
 counted in tcpaccept_aggregation_overflow_total{map="listener_stats"}), the drop series by
 MAX_DROP_SERIES (overflow map="drop_series").
@@ -123,6 +130,8 @@ class MetricsSink(KernelCountedSink):
         self._lost[reason] = self._lost.get(reason, 0) + lost.count
 
     def count_drop(self, r: Drop) -> None:
+        if self.table.sockets_source is not None:
+            return  # the listener table's sockets carry every listener's drops (series())
         values = self._values(r.laddr, r.lport, r.netns, r.container, r.comm or "")
         series = self._drops.get(values)
         now = self.clock_ns()
@@ -211,13 +220,21 @@ class MetricsSink(KernelCountedSink):
         return iter(self.render(self.state))
 
     def series(self, state: MetricsState) -> dict[tuple[str, ...], Series]:
-        """The state's listeners and drop series merged by label values (labels left out
-        merge several kernel keys into one series)."""
+        """The state's listeners, listening sockets (else drop series) merged by label
+        values (labels left out merge several kernel keys into one series)."""
         series: dict[tuple[str, ...], Series] = {}
         for row in state.listeners.listeners.values():
             values = self._values(row.key.laddr, row.key.lport, row.key.netns,
                                   row.container, row.totals.comm)
             series.setdefault(values, Series()).add(row.totals)
+        sockets = state.listeners.sockets
+        if sockets is not None:  # every listener, from its first read: drops start at 0
+            for socket in sockets.values():
+                s = socket.state
+                values = self._values(s.laddr, s.lport, s.netns, socket.container, s.comm)
+                series.setdefault(values, Series()).sample(s.backlog, s.backlog_max,
+                                                           s.syn_queue, s.dropped)
+            return series
         for values, drop in state.drops:
             s = series.setdefault(values, Series())
             s.drops = drop.dropped
@@ -242,7 +259,8 @@ class MetricsSink(KernelCountedSink):
     def render(self, state: MetricsState) -> list[Metric]:
         """The metric families of one published state (no map, no resolver), for
         prometheus_client's encoders."""
-        accepts, latency, backlog, backlog_max, drops, lost, overflow = self._families()
+        (accepts, latency, backlog, backlog_max, syn_queue, drops, lost,
+         overflow) = self._families()
         for values, s in self.series(state).items():
             labels = list(values)
             if s.slots is not None:
@@ -251,10 +269,12 @@ class MetricsSink(KernelCountedSink):
                                    s.latency_sum_ns / 1e9)
             backlog.add_metric(labels, s.backlog)
             backlog_max.add_metric(labels, s.backlog_max)
+            if s.syn_queue is not None:
+                syn_queue.add_metric(labels, s.syn_queue)
             if s.drops is not None:
                 drops.add_metric(labels, s.drops)
         for reason, count in state.lost:
             lost.add_metric([reason], count)
         for table, count in self._overflow(state):
             overflow.add_metric([table], count)
-        return [accepts, latency, backlog, backlog_max, drops, lost, overflow]
+        return [accepts, latency, backlog, backlog_max, syn_queue, drops, lost, overflow]

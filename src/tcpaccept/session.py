@@ -23,12 +23,13 @@ from .drops import DropMonitorError, ListenerDropMonitor
 from .drops.table_monitor import TableDropMonitor
 from .errors import TcpacceptError
 from .listeners import (
+    ListenerState,
     ListenerWatch,
     ListenerWatchError,
     Snapshot,
     outside_host_pid_namespace_warning,
 )
-from .model import Drop, Lost
+from .model import Container, Drop, Lost
 from .output.clock import WallClock
 from .output.json_lines import JsonFormatter
 from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextOutput
@@ -133,6 +134,14 @@ class FilteredDrops:
         if c.containers:
             wanted = [r for r in wanted if c.containers.matches(r.container)]
         return wanted
+
+    def wants_socket(self, s: ListenerState, container: Optional[Container]) -> bool:
+        """The same filters for a listening socket of the table (metrics, summary)."""
+        c = self.config
+        return ((not c.lports or s.lport in c.lports) and (not c.pids or s.pid in c.pids)
+                and (c.comm is None or s.comm == c.comm)
+                and (c.netns is None or s.netns == c.netns)
+                and (not c.containers or c.containers.matches(container)))
 
     def poll(self) -> list[Drop]:
         return self._wanted(self.monitor.poll())
@@ -276,6 +285,11 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                     if plan.drops is DropPolicy.REQUIRED:
                         raise
                     _warn(f"{exc}; tcpaccept_listen_drops_total stays empty")
+            if table is not None and drops is not None and drops.listeners() is not None:
+                # Every listening socket into the one table (the tick copies the watch's
+                # latest read): metrics for listeners that never accepted, drops from 0.
+                table.sockets_source, table.socket_wanted = drops.listeners, drops.wants_socket
+                table.owner_container = resolver.for_pid if resolver else None
             sinks: list[Sink] = []
             metrics = None
             if plan.metrics:

@@ -6,9 +6,14 @@ TTL), names each listener's container (the resolver lives on the main thread) an
 publishes a ``Snapshot``. Readers on other threads (the Prometheus collector, the metrics
 server) only ever see a finished snapshot: a plain attribute swap, no lock, no map.
 
-A snapshot is a set of rows keyed by listener; later sources of per-listener state (the
-listener table of the drops package: backlog, SYN queue, owner) become more fields of
-``ListenerRow`` or more mappings of ``Snapshot``, without changing who reads what.
+A snapshot holds two views of the listeners: ``listeners``, what the aggregation maps
+counted (accepts, latency; keyed by listener and accepting cgroup, so only listeners that
+accepted), and ``sockets``, every listening socket the listener table of listeners/ last
+read (backlog, SYN queue, drops since tracing began, owner), hung servers included. The
+tick copies the listener watch's latest read (a reference, never a kernel read: that runs
+on the watch's own thread) and names each socket's owner container, here, on the main
+thread. ``sockets`` is None when there is no such table (not wanted, or the sock_diag
+fallback).
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Protocol
 
 from .aggregate import ListenerKey, ListenerTotals
+from .listeners.table import ListenerState
+from .listeners.table import Snapshot as SocketsRead
 from .model import Container
 
 ContainerOf = Callable[[int], Optional[Container]]
+SocketWanted = Callable[[ListenerState, Optional[Container]], bool]
 DEFAULT_TTL_S = 600.0
 
 
@@ -46,6 +54,14 @@ class ListenerRow:
 
 
 @dataclass(frozen=True)
+class SocketRow:
+    """One listening socket from the listener table, with its owner's container."""
+
+    state: ListenerState
+    container: Optional[Container] = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The listener table at one tick; never changed after it is published."""
 
@@ -54,6 +70,7 @@ class Snapshot:
     listeners: Mapping[ListenerKey, ListenerRow] = field(
         default_factory=lambda: MappingProxyType({}))
     listeners_overflow: int = 0  # accepts the kernel could not count: its map was full
+    sockets: Optional[Mapping[int, SocketRow]] = None  # by socket inode; None: no table
 
 
 EMPTY = Snapshot(0, 0)
@@ -70,6 +87,14 @@ class ListenerTable:
         self.container_of = container_of
         self.clock_ns = clock_ns
         self.latest = EMPTY
+        # The listener table's latest read (ListenerWatch.snapshot: never blocks), who owns
+        # a socket's container (resolver.for_pid) and which sockets the user asked about.
+        self.sockets_source: Optional[Callable[[], Optional[SocketsRead]]] = None
+        self.owner_container: Optional[ContainerOf] = None
+        self.socket_wanted: Optional[SocketWanted] = None
+        self._owners: dict[int, tuple[int, Optional[Container]]] = {}  # inode -> (pid, c.)
+        self._sockets_read: Optional[SocketsRead] = None
+        self._sockets: Optional[Mapping[int, SocketRow]] = None
 
     def refresh(self, new_epoch: bool = False) -> Snapshot:
         """Read the maps now and publish what they hold. ``new_epoch`` (summary intervals)
@@ -84,5 +109,27 @@ class ListenerTable:
                                  container_of(key.cgroup_id) if container_of else None)
                 for key, totals in listeners.items()}
         self.latest = Snapshot(self.latest.generation + 1, now, MappingProxyType(rows),
-                               self.source.listeners_overflow())
+                               self.source.listeners_overflow(), self._read_sockets())
         return self.latest
+
+    def _read_sockets(self) -> Optional[Mapping[int, SocketRow]]:
+        """The listener table's latest read as rows; the same rows again while the watch
+        has not read anew (4,096 listeners: no work per tick)."""
+        read = self.sockets_source() if self.sockets_source is not None else None
+        if read is None:
+            return None
+        if read is self._sockets_read:
+            return self._sockets
+        owner_of, wanted = self.owner_container, self.socket_wanted
+        owners: dict[int, tuple[int, Optional[Container]]] = {}
+        rows: dict[int, SocketRow] = {}
+        for inode, state in read.listeners.items():
+            owner = self._owners.get(inode)
+            if owner is None or owner[0] != state.pid:
+                owner = (state.pid, owner_of(state.pid) if owner_of and state.pid else None)
+            owners[inode] = owner
+            if wanted is None or wanted(state, owner[1]):
+                rows[inode] = SocketRow(state, owner[1])
+        self._owners, self._sockets_read = owners, read
+        self._sockets = MappingProxyType(rows)
+        return self._sockets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Optional
 
 import pytest
@@ -10,6 +11,8 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcpaccept.aggregate import LATENCY_SLOTS, ListenerKey, ListenerTotals
+from tcpaccept.listeners.table import ListenerState
+from tcpaccept.listeners.table import Snapshot as SocketsRead
 from tcpaccept.metrics import DEFAULT_LABELS, KNOWN_LABELS, MetricsSink
 from tcpaccept.model import Container, Drop, Lost
 
@@ -121,7 +124,18 @@ def test_idle_listeners_and_drops_expire_after_the_ttl() -> None:
                                                 "tcpaccept_listen_drops_total")]
 
 
-def _busy_sink(labels: tuple[str, ...]) -> MetricsSink:
+def _socket(inode: int, lport: int, netns: int = 1, pid: int = 10, dropped: int = 0,
+            backlog: int = 0, backlog_max: int = 1, syn_queue: int = 0,
+            comm: str = "hung") -> ListenerState:
+    return ListenerState(inode, netns, 2, "127.0.0.1", lport, backlog, backlog_max, syn_queue,
+                         dropped, pid, comm, 1, 0)
+
+
+def _read(*sockets: ListenerState, reads: int = 1) -> SocketsRead:
+    return SocketsRead(MappingProxyType({s.inode: s for s in sockets}), reads, 0.0, reads)
+
+
+def _busy_sink(labels: tuple[str, ...], sockets: bool = False) -> MetricsSink:
     reader = FakeReader()
     now = 100 * SECOND
     sink = MetricsSink(reader, labels=labels, container_of=_containers,  # type: ignore[arg-type]
@@ -136,15 +150,20 @@ def _busy_sink(labels: tuple[str, ...]) -> MetricsSink:
     sink.handle([Drop(laddr="127.0.0.1", lport=81, family=4, pid=1, comm="x", backlog=1,
                       backlog_max=1, dropped=4, inode=1, netns=1)])
     sink.handle([Lost(2, "output stalled"), Lost(5, "ring buffer")])
+    if sockets:
+        read = _read(_socket(7, 80, dropped=3, backlog=1, syn_queue=2, comm="{x}"),
+                     _socket(8, 9000, netns=2, dropped=12_345_678, backlog_max=4096))
+        sink.table.sockets_source = lambda: read
     sink.refresh()
     return sink
 
 
+@pytest.mark.parametrize("sockets", [False, True])
 @pytest.mark.parametrize("labels", [DEFAULT_LABELS, KNOWN_LABELS, ("comm", "lport"),
                                     ("pod",)])
 def test_the_direct_exposition_is_byte_for_byte_what_prometheus_client_writes(
-        labels: tuple[str, ...]) -> None:
-    sink = _busy_sink(labels)
+        labels: tuple[str, ...], sockets: bool) -> None:
+    sink = _busy_sink(labels, sockets)
     assert sink.exposition(openmetrics=False) == generate_latest(sink.registry)
     assert sink.exposition(openmetrics=True) == openmetrics.generate_latest(sink.registry)
 
@@ -163,3 +182,61 @@ def test_a_render_is_given_up_when_the_server_stops() -> None:
     with pytest.raises(Cancelled):
         sink.exposition(openmetrics=False, cancelled=lambda: True)
     assert sink.exposition(openmetrics=False, cancelled=lambda: False)
+
+
+def test_every_listening_socket_has_queue_series_and_drops_from_zero() -> None:
+    """A listener that never accepted (a hung server) is exported from the first read that
+    saw it, its drop counter at 0; the table's read (not the accepts) gives the queue;
+    drops that arrive as items are the table's already and are not counted twice."""
+    reader = FakeReader()
+    now = 100 * SECOND
+    sink = MetricsSink(reader, labels=("lport", "netns"),  # type: ignore[arg-type]
+                       clock_ns=lambda: now)
+    reader.listeners = {A: ListenerTotals(accepts=2, backlog=9, backlog_max=128,
+                                          last_seen_ns=now)}
+    read = [_read(_socket(1, 81), _socket(2, 80, backlog=3, backlog_max=5, syn_queue=1))]
+    sink.table.sockets_source = lambda: read[0]
+    hung, busy = (("lport", "81"), ("netns", "1")), (("lport", "80"), ("netns", "1"))
+    samples = _scrape(sink)
+    assert samples[("tcpaccept_listen_drops_total", hung)] == 0
+    assert samples[("tcpaccept_listen_backlog_max", hung)] == 1
+    assert ("tcpaccept_accepts_total", hung) not in samples
+    assert [samples[(name, busy)] for name in (
+        "tcpaccept_accepts_total", "tcpaccept_listen_backlog", "tcpaccept_listen_backlog_max",
+        "tcpaccept_listen_syn_queue", "tcpaccept_listen_drops_total")] == [2, 3, 5, 1, 0]
+    read[0] = _read(_socket(1, 81, dropped=40, backlog=1, syn_queue=1), _socket(2, 80),
+                    reads=2)
+    sink.handle([Drop(laddr="127.0.0.1", lport=81, family=4, pid=10, comm="hung", backlog=1,
+                      backlog_max=1, dropped=40, inode=1, netns=1)])
+    samples = _scrape(sink)
+    assert samples[("tcpaccept_listen_drops_total", hung)] == 40
+    assert samples[("tcpaccept_listen_syn_queue", hung)] == 1
+    read[0] = _read(_socket(2, 80), reads=3)  # the hung server closed: its series go
+    samples = _scrape(sink)
+    assert not [k for k in samples if k[1] == hung]
+
+
+def test_sockets_of_one_label_set_add_up_and_filters_and_owners_apply() -> None:
+    reader = FakeReader()
+    sink = MetricsSink(reader, labels=("lport", "container"))  # type: ignore[arg-type]
+    owners: list[int] = []
+
+    def owner(pid: int) -> Optional[Container]:
+        owners.append(pid)
+        return Container("b" * 64, "api", None, None) if pid == 10 else None
+
+    sink.table.owner_container = owner
+    sink.table.socket_wanted = lambda state, container: state.pid != 99
+    read = _read(_socket(1, 80, netns=1, dropped=2, backlog_max=4),
+                 _socket(2, 80, netns=2, dropped=3, backlog_max=4),  # SO_REUSEPORT, netns
+                 _socket(3, 80, pid=11), _socket(4, 443, pid=99))  # 99: filtered out
+    sink.table.sockets_source = lambda: read
+    samples = _scrape(sink)
+    api, none = (("container", "api"), ("lport", "80")), (("container", ""), ("lport", "80"))
+    assert samples[("tcpaccept_listen_drops_total", api)] == 5
+    assert samples[("tcpaccept_listen_backlog_max", api)] == 8
+    assert samples[("tcpaccept_listen_drops_total", none)] == 0
+    assert not [k for k in samples if ("lport", "443") in k[1]]
+    first = sink.state.listeners.sockets
+    _scrape(sink)  # the watch has not read anew: the same rows, no owner looked up again
+    assert sink.state.listeners.sockets is first and sorted(owners) == [10, 10, 11, 99]
