@@ -17,14 +17,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tcpaccept.listeners import ListenerWatch
+from tests.kernel.test_metrics import _samples
 from tests.kernel.test_privileges import BANNER, as_nobody
 from tests.support import netns as netns_support
-from tests.support.child import Child
+from tests.support.child import Child, free_port
 from tests.support.netns import NetNamespace
 from tests.support.servers import Server, start_server
 from tests.support.tracer import start_tracer
@@ -228,3 +229,47 @@ def test_check_as_nobody_with_bpf_and_perfmon_finds_the_table_usable() -> None:
     (line,) = [x for x in check.stdout.splitlines() if x.startswith("listener table:")]
     assert line.startswith("listener table: usable (task_file iterator), "), check.stdout
     assert " listeners, one read " in line and " ms, read every " in line
+
+
+QUEUE_SERIES = ("tcpaccept_listen_backlog", "tcpaccept_listen_backlog_max",
+                "tcpaccept_listen_syn_queue", "tcpaccept_listen_drops_total")
+
+
+def _listener_series(metrics_port: int, labels: tuple, settled: Callable[[list], bool],
+                     timeout: float = 20) -> list[float]:
+    """The listener's queue series in a scrape once ``settled`` holds for them (the table is
+    read on its own schedule: at least every second here)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _samples(metrics_port)
+        values = [samples.get((name, labels)) for name in QUEUE_SERIES]
+        if settled(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.2)
+
+
+def test_metrics_export_a_hung_listener_of_another_namespace_from_its_first_read(
+        before: NetNamespace) -> None:
+    """Issue 18 item 2: a listener that never accepts, in a namespace of the test's own, is
+    in --metrics before anything happens to it (drops at 0: the flood is an increase()),
+    and after the flood its drops equal the namespace's ListenOverflows delta and its
+    backlog what ss says of its accept queue."""
+    metrics_port = free_port()
+    with start_server(backlog=1, comm="lthung", netns=before.name) as server:
+        run = start_tracer("--metrics", f"127.0.0.1:{metrics_port}", "--quiet")
+        try:
+            labels = (("container", ""), ("laddr", "127.0.0.1"), ("lport", str(server.port)),
+                      ("namespace", ""), ("netns", str(before.inode)), ("pod", ""))
+            quiet = _listener_series(metrics_port, labels, lambda v: None not in v)
+            delta = before.flood(server.port, 20, backlog=1)
+            queued = before.accept_queue(server.port)
+            flooded = _listener_series(metrics_port, labels,
+                                       lambda v: v[3] == delta and v[2] == 0)
+            accepts = _samples(metrics_port).get(("tcpaccept_accepts_total", labels))
+        finally:
+            run.stop()
+    assert "Traceback" not in run.stderr, run.stderr
+    assert quiet == [0, 1, 0, 0], quiet  # backlog, backlog max, SYN queue, drops
+    assert delta >= 18, delta  # the flood really overflowed (positive control)
+    assert flooded == [queued, 1, 0, delta], (flooded, queued, delta)
+    assert queued == 2 and accepts is None  # full (backlog + 1) and never accepted
