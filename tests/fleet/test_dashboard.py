@@ -10,7 +10,8 @@ from tests.fleet.deployment import DASHBOARD
 
 METRICS = {"tcpaccept_accepts_total", "tcpaccept_queue_latency_seconds_bucket",
            "tcpaccept_listen_backlog", "tcpaccept_listen_backlog_max",
-           "tcpaccept_listen_drops_total", "tcpaccept_lost_events_total"}
+           "tcpaccept_listen_syn_queue", "tcpaccept_listen_drops_total",
+           "tcpaccept_lost_events_total"}
 
 
 def load() -> dict:
