@@ -10,8 +10,9 @@ client likes, with a listen backlog of 5; any path answers. Here instead:
   (EMFILE) does the same, or pauses accepting for a moment, instead of spinning on accept();
 - each connection has ``timeout_s`` in total to send its request, get the answer and go
   (one request per connection, ``Connection: close``);
-- only ``/metrics`` (the registry) and ``/`` (a pointer to it) answer GET/HEAD; other paths
-  get 404, other methods 405; a request head over 8 KiB is refused;
+- only ``/metrics`` (the registry), ``/healthz`` (the probes' cheap check: 200 ``ok`` while
+  the main loop beats, else 503 and the reason) and ``/`` (a pointer) answer GET/HEAD; other
+  paths get 404, other methods 405; a request head over 8 KiB is refused;
 - TLS with a certificate and key through the standard ``ssl`` module (TLS 1.2+); the
   handshake runs inside the same non-blocking loop, so a client that stalls it is just
   another idle socket.
@@ -43,6 +44,8 @@ LISTEN_BACKLOG = 128
 MAX_REQUEST_HEAD = 8192
 EMFILE_PAUSE_S = 0.5
 _ERRNO_NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# /healthz turns 503 when the main loop (which beats once a second) has not beaten this long.
+HEALTH_STALE_S = 5.0
 LANDING_PAGE = (b"<html><head><title>tcpaccept</title></head><body>"
                 b'<a href="/metrics">Metrics</a></body></html>\n')
 
@@ -82,6 +85,25 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     return context
 
 
+class Heartbeat:
+    """The main loop's pulse, for /healthz: the server exists only once the tracer is
+    attached, so a recent beat means attached and alive."""
+
+    def __init__(self, stale_s: float = HEALTH_STALE_S) -> None:
+        self.stale_s = stale_s
+        self._last: Optional[float] = None
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def problem(self) -> Optional[str]:
+        """None when healthy, else one line saying why not."""
+        if self._last is None:
+            return "main loop has not started"
+        age = time.monotonic() - self._last
+        return f"main loop stalled for {age:.0f} s" if age > self.stale_s else None
+
+
 class _Connection:
     __slots__ = ("sock", "deadline", "request", "reply", "handshaking")
 
@@ -99,8 +121,10 @@ class MetricsServer:
 
     def __init__(self, address: str, port: int, registry: object,
                  certfile: Optional[str] = None, keyfile: Optional[str] = None, *,
-                 max_connections: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S) -> None:
+                 max_connections: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
         self.registry = registry
+        self.heartbeat = heartbeat
         self.max_connections = max_connections
         self.timeout_s = timeout_s
         self._tls = tls_context(certfile, keyfile) if certfile and keyfile else None
@@ -300,7 +324,7 @@ class MetricsServer:
             return _response(400, "Bad Request")
         method, target = parts[0], parts[1]
         path = target.split("?", 1)[0]
-        if path not in ("/", "/metrics"):
+        if path not in ("/", "/metrics", "/healthz"):
             return _response(404, "Not Found")
         if method not in ("GET", "HEAD"):
             return _response(405, "Method Not Allowed", extra="Allow: GET, HEAD\r\n")
@@ -308,6 +332,12 @@ class MetricsServer:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        if path == "/healthz":
+            problem = self.heartbeat.problem() if self.heartbeat is not None else None
+            if problem is not None:
+                return _response(503, "Service Unavailable", f"{problem}\n".encode(),
+                                 head_only=method == "HEAD")
+            return _response(200, "OK", b"ok\n", head_only=method == "HEAD")
         if path == "/":
             body, content_type, encoding = LANDING_PAGE, "text/html; charset=utf-8", ""
         else:

@@ -128,13 +128,14 @@ class FilteredDrops:
         return self.monitor.warnings()
 
 
-def _metrics_server(registry: object, output: OutputConfig) -> contextlib.AbstractContextManager:
+def _metrics_server(registry: object, output: OutputConfig,
+                    heartbeat: object) -> contextlib.AbstractContextManager:
     from .metrics_server import MetricsServer, warn_if_exposed
 
     address, port = output.metrics
     try:
         server = MetricsServer(address, port, registry, output.metrics_tls_cert,
-                               output.metrics_tls_key)
+                               output.metrics_tls_key, heartbeat=heartbeat)  # type: ignore
     except OSError as exc:
         raise TcpacceptError(f"--metrics {address}:{port}: cannot listen: "
                              f"{exc.strerror or exc}") from None
@@ -239,7 +240,12 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
 
                 metrics = MetricsSink(aggregates, output.metrics_labels,
                                       resolver.resolve if resolver else None)
-                owned.enter_context(_metrics_server(metrics.registry, output))
+                from .metrics_server import Heartbeat
+
+                heartbeat = Heartbeat()
+                owned.enter_context(_metrics_server(metrics.registry, output, heartbeat))
+                heartbeat.beat()
+                chores.append(heartbeat.beat)  # /healthz: the loop runs chores every second
                 sinks.append(metrics)
             print(BANNER, file=messages, flush=True)
             lines_out = _open_output(out)
