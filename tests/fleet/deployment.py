@@ -7,12 +7,13 @@ tests run the agent exactly as the cluster would, not as the tests would like.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -36,13 +37,43 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def daemonset() -> dict[str, Any]:
-    (doc,) = load_documents(KUBERNETES / "daemonset.yaml")
+def render_kustomization(directory: Path = KUBERNETES) -> list[dict[str, Any]]:
+    """`kubectl kustomize` (built-in kustomize, offline): what `kubectl apply -k` applies."""
+    result = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def rendered_with(components: list[str], work: Path) -> list[dict[str, Any]]:
+    """The shipped kustomization plus more of its components (an overlay in `work`)."""
+    work.mkdir(parents=True, exist_ok=True)
+    overlay = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+               "resources": [os.path.relpath(KUBERNETES, work)],  # kustomize: relative only
+               "components": [os.path.relpath(KUBERNETES / "components" / name, work)
+                              for name in components]}
+    (work / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    return render_kustomization(work)
+
+
+def daemonset(documents: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """The DaemonSet as rendered (components applied), or the one in `documents`."""
+    docs = documents if documents is not None else render_kustomization()
+    (doc,) = [d for d in docs if d["kind"] == "DaemonSet"]
     return doc
 
 
-def agent_container() -> dict[str, Any]:
-    (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
+def prometheus_rule() -> dict[str, Any]:
+    """deploy/prometheus/tcpaccept-rules.yml as a prometheus-operator PrometheusRule."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "tcpaccept", "namespace": "tcpaccept",
+                         "labels": {"app.kubernetes.io/name": "tcpaccept",
+                                    "release": "kube-prometheus-stack"}},
+            "spec": yaml.safe_load((PROMETHEUS / "tcpaccept-rules.yml").read_text())}
+
+
+def agent_container(ds: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    (container,) = (ds or daemonset())["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -50,12 +81,13 @@ def granted_capabilities() -> list[str]:
     return list(agent_container()["securityContext"]["capabilities"]["add"])
 
 
-def host_mounts() -> list[tuple[str, str, bool]]:
+def host_mounts(ds: Optional[dict[str, Any]] = None) -> list[tuple[str, str, bool]]:
     """(host path, container path, read-only) for every hostPath volume mounted."""
-    spec = daemonset()["spec"]["template"]["spec"]
+    ds = ds or daemonset()
+    spec = ds["spec"]["template"]["spec"]
     volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     return [(volumes[m["name"]], m["mountPath"], bool(m.get("readOnly")))
-            for m in agent_container()["volumeMounts"]]
+            for m in agent_container(ds)["volumeMounts"]]
 
 
 def agent_args(metrics_address: str, host_root: str) -> list[str]:
