@@ -35,7 +35,9 @@ RUNTIME_COMPONENTS = ["runtime-containerd", "runtime-k3s", "runtime-microk8s", "
 # one of these directories would let the pod drive the runtime, read-only or not.
 RUNTIME_SOCKET_DIRS = ["/run/containerd", "/run/containerd/s", "/run/k3s/containerd",
                        "/var/snap/microk8s/common/run", "/run/k0s", "/run/crio", "/run",
-                       "/var/run", "/run/docker.sock", "/run/podman", "/run/containers"]
+                       "/var/run", "/run/docker.sock", "/run/podman", "/run/containers",
+                       # conmon's attach sockets (podman, measured): <id>/userdata/attach
+                       "/var/lib/containers/storage/overlay-containers"]
 
 
 @pytest.mark.parametrize("name", CORE_MANIFESTS)
