@@ -45,14 +45,18 @@ def render_kustomization(directory: Path = KUBERNETES) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def rendered_with(components: list[str], work: Path) -> list[dict[str, Any]]:
-    """The shipped kustomization plus more of its components (an overlay in `work`)."""
+def rendered_for_runtime(runtime: str, work: Path,
+                         extra_components: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The shipped kustomization with its runtime component swapped for `runtime` (an
+    overlay in `work`: kustomize loads files below the kustomization's own root only)."""
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
     work.mkdir(parents=True, exist_ok=True)
-    overlay = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-               "resources": [os.path.relpath(KUBERNETES, work)],  # kustomize: relative only
-               "components": [os.path.relpath(KUBERNETES / "components" / name, work)
-                              for name in components]}
-    (work / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    for name in kustomization["resources"]:
+        (work / name).write_text((KUBERNETES / name).read_text())
+    components = [c for c in kustomization["components"] if "runtime-" not in c]
+    components += [f"components/{name}" for name in (runtime, *extra_components)]
+    kustomization["components"] = [os.path.relpath(KUBERNETES / c, work) for c in components]
+    (work / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return render_kustomization(work)
 
 

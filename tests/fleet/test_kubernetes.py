@@ -7,7 +7,6 @@ hostPath that could create a directory on a node."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from tests.fleet.deployment import (
     load_documents,
     prometheus_rule,
     render_kustomization,
+    rendered_for_runtime,
     validate_manifest,
 )
 
@@ -76,20 +76,8 @@ def test_kustomization_renders_one_namespace(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("runtime", RUNTIME_COMPONENTS)
 def test_rendered_kustomization_passes_strict_validation(tmp_path: Path, runtime: str) -> None:
-    # The shipped kustomization with its containerd component swapped for `runtime`.
-    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    components = [c for c in kustomization["components"] if "runtime-" not in c]
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    for name in ("namespace.yaml", "serviceaccount.yaml", "daemonset.yaml", "service.yaml"):
-        (overlay / name).write_text((KUBERNETES / name).read_text())
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        **kustomization, "resources": ["namespace.yaml", "serviceaccount.yaml",
-                                       "daemonset.yaml", "service.yaml"],
-        "components": [os.path.relpath(KUBERNETES / c, overlay) for c in components]
-        + [os.path.relpath(KUBERNETES / "components" / runtime, overlay)]}))
+    documents = rendered_for_runtime(runtime, tmp_path / "overlay")
     rendered = tmp_path / "rendered.yaml"
-    documents = render_kustomization(overlay)
     rendered.write_text(yaml.safe_dump_all(documents))
     result = validate_manifest(rendered)
     assert result.returncode == 0, result.stdout + result.stderr
