@@ -13,6 +13,8 @@ podman 4.3 does not honour, and how the test supplies it:
   subdirectory in the annotation); the agent's bpf() works only if it applied;
 - priorityClassName (no scheduler), probes (podman turns them into healthchecks run by
   systemd timers, with curl in the image: none here): the test makes the probe's GET itself;
+- containerPort without hostPort: podman 4.3 also publishes it on the host's port 9435
+  (a kubelet would not); the test talks to the pod's IP as the kubelet's probe does;
 - the image name: the test's build, retagged; rlimits: containers.conf (root here lacks
   CAP_SYS_RESOURCE, see test_image.py); podman names its containers in the graph root,
   which no shipped component mounts (conmon's attach sockets): the test adds that mount.
@@ -101,7 +103,9 @@ def pod(image: str, tmp_path: Path) -> Iterator[tuple[str, int]]:  # noqa: F811
         agent = f"{POD}-tcpaccept"
         assert podman("inspect", "--format", "{{.HostConfig.PidMode}}", agent) == "host"
         infra = json.loads(podman("pod", "inspect", POD))["InfraContainerID"]
-        address = podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", infra)
+        networks = json.loads(podman("inspect", "--format", "{{json .NetworkSettings.Networks}}",
+                                     infra))
+        (address,) = [net["IPAddress"] for net in networks.values()]  # the pod's IP
         deadline = time.monotonic() + 60
         while True:
             state = podman("inspect", "--format", "{{.State.Status}}", agent)
@@ -122,6 +126,9 @@ def pod(image: str, tmp_path: Path) -> Iterator[tuple[str, int]]:  # noqa: F811
 def test_pod_template_runs_and_counts_exact_accepts(pod: tuple[str, int]) -> None:
     address, agent_pid = pod
     url = f"http://{address}:9435/metrics"
+    # Under a seccomp filter (the Localhost profile: podman's default would refuse bpf()).
+    status = Path(f"/proc/{agent_pid}/status").read_text()
+    assert "\nSeccomp:\t2\n" in status
     # The probe path, as the kubelet would GET it on the pod's IP, and inside the pod on
     # both address families of its `--metrics [::]:9435`.
     assert scrape(f"http://{address}:9435/healthz") == "ok\n"
