@@ -5,7 +5,8 @@ lost events, an agent that stops (under a scrape job named by someone else), no 
 
 Prometheus is Debian's /usr/bin/prometheus, started here on a loopback port with a temporary
 data directory (never the system service), with deploy/prometheus/prometheus.yml and its
-rules, only the targets, the file paths and a 1 s interval changed. tcpaccept runs with the
+rules, only the targets, the file paths and the intervals (2 s scrapes, 1 s rule
+evaluations) changed. tcpaccept runs with the
 DaemonSet's arguments (listen address and host root swapped for the host's). An alert
 counts as raised when Prometheus lists it pending or firing: its expression holds; the
 `for:` durations (minutes) are promtool's to test (tcpaccept-rules.test.yml).
@@ -33,7 +34,10 @@ from tests.fleet.deployment import DASHBOARD, PROMETHEUS, VENV_BIN, agent_args, 
 from tests.support.child import Child, free_port
 from tests.support.servers import connect, start_server
 
-SCRAPE_INTERVAL = "1s"
+# 2 s: the scrape timeout cannot exceed the interval, and on this shared 2-core machine a
+# scrape of the Python agent has taken over 1 s (a whole setup's worth of failed scrapes).
+SCRAPE_INTERVAL = "2s"
+EVALUATION_INTERVAL = "1s"
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval would be at a 1 s scrape and zoom-in
 
 
@@ -41,7 +45,8 @@ def prometheus_config(target: str, work: Path, others: Optional[dict[str, str]] 
     """The shipped config scraping `target`; `others`: more jobs (name -> target) shaped as
     the shipped one (a Kubernetes annotation job has a name of the Prometheus setup's)."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL)
+    config["global"].update(scrape_interval=SCRAPE_INTERVAL,
+                            evaluation_interval=EVALUATION_INTERVAL)
     config["rule_files"] = [str(PROMETHEUS / name) for name in config["rule_files"]]
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [target]}]
@@ -116,7 +121,10 @@ def running_prometheus(config: Path, work: Path, ready: str) -> Iterator[Prometh
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"prometheus: no result for {ready}"
+            assert time.monotonic() < deadline, (
+                f"prometheus: no result for {ready}; targets: "
+                + json.dumps([(t["scrapeUrl"], t["health"], t["lastError"])
+                              for t in api.get("targets")["activeTargets"]]))  # type: ignore
             time.sleep(0.2)
         yield api
     finally:
