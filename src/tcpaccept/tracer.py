@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from . import aggregate, libbpf, probes, sizing
+from . import aggregate, libbpf, preflight, probes, sizing
 from .btf import Btf, DataSection
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
@@ -128,6 +128,10 @@ class Tracer:
                     raise
             self.rejected[method] = reason
             self.log(f"attach method {method} not usable: {reason}")
+        # Every method fails alike under a seccomp profile that refuses bpf(): say that once.
+        seccomp = preflight.seccomp_refusal()
+        if seccomp is not None:
+            raise TcpacceptError(seccomp)
         if self.config.probe != "auto":
             raise TcpacceptError(
                 f"--probe {self.config.probe} cannot work on this kernel: "
