@@ -53,7 +53,7 @@ class ListenerRow:
     container: Optional[Container] = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SocketRow:
     """One listening socket from the listener table, with its owner's container."""
 
@@ -92,7 +92,7 @@ class ListenerTable:
         self.sockets_source: Optional[Callable[[], Optional[SocketsRead]]] = None
         self.owner_container: Optional[ContainerOf] = None
         self.socket_wanted: Optional[SocketWanted] = None
-        self._owners: dict[int, tuple[int, Optional[Container]]] = {}  # inode -> (pid, c.)
+        self._seen: dict[int, SocketRow] = {}
         self._sockets_read: Optional[SocketsRead] = None
         self._sockets: Optional[Mapping[int, SocketRow]] = None
 
@@ -121,15 +121,18 @@ class ListenerTable:
         if read is self._sockets_read:
             return self._sockets
         owner_of, wanted = self.owner_container, self.socket_wanted
-        owners: dict[int, tuple[int, Optional[Container]]] = {}
-        rows: dict[int, SocketRow] = {}
+        seen: dict[int, SocketRow] = {}  # every socket, wanted or not (owners known)
         for inode, state in read.listeners.items():
-            owner = self._owners.get(inode)
-            if owner is None or owner[0] != state.pid:
-                owner = (state.pid, owner_of(state.pid) if owner_of and state.pid else None)
-            owners[inode] = owner
-            if wanted is None or wanted(state, owner[1]):
-                rows[inode] = SocketRow(state, owner[1])
-        self._owners, self._sockets_read = owners, read
-        self._sockets = MappingProxyType(rows)
+            row = self._seen.get(inode)
+            if row is None or row.state is not state:  # the watch keeps unchanged states
+                if row is None or row.state.pid != state.pid:
+                    row = SocketRow(state, owner_of(state.pid)
+                                    if owner_of is not None and state.pid else None)
+                else:
+                    row = SocketRow(state, row.container)
+            seen[inode] = row
+        self._seen, self._sockets_read = seen, read
+        self._sockets = MappingProxyType(
+            seen if wanted is None else
+            {inode: row for inode, row in seen.items() if wanted(row.state, row.container)})
         return self._sockets
