@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -169,3 +170,12 @@ def seccomp_refusal(machine: str = "") -> Optional[str]:
         return None
     return (f"bpf() is refused by this process's seccomp filter (Seccomp: 2 in "
             f"/proc/self/status; bpf answers {errno.errorcode[err]}): {SECCOMP_FIX}")
+
+
+def return_freed_heap() -> None:
+    """Hand the heap libbpf freed after loading back to the system. Each object's load
+    parses the kernel's BTF (~15 MB of malloc here) and frees it, but glibc keeps freed
+    brk memory under anything allocated later: measured in the agent with 4,096 listeners,
+    RSS 54 MB at start instead of 37 without the listener object (heap 20.6 vs 5.4 MB)."""
+    with contextlib.suppress(AttributeError, OSError):  # not glibc (musl): nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)

@@ -290,6 +290,7 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
                 # latest read): metrics for listeners that never accepted, drops from 0.
                 table.sockets_source, table.socket_wanted = drops.listeners, drops.wants_socket
                 table.owner_container = resolver.for_pid if resolver else None
+            preflight.return_freed_heap()  # every BPF object is loaded now
             sinks: list[Sink] = []
             metrics = None
             if plan.metrics:
