@@ -9,6 +9,9 @@ kernel's log2 histogram (see aggregate.slot_percentile_us: a percentile is repor
 upper edge of its bucket, which overstates it by less than a factor of 2). The remotes LRU
 evicts when full; the output then says how many remotes it pushed out, and the top-remote
 counts are lower bounds.
+Drops come from the same listener table as the metrics (snapshot.py ``sockets``): each
+socket's counter against the previous snapshot's, so a listener that never accepts has its
+row; only without that table (the sock_diag fallback) do they arrive as Drop items.
 Listeners idle for ``ttl_s`` are deleted from the kernel map (and so from the exit
 histograms, which cover the listeners active in the last ttl_s).
 """
@@ -19,7 +22,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, TextIO
+from typing import Callable, Mapping, Optional, Sequence, TextIO
 
 from .aggregate import (
     LATENCY_SLOTS,
@@ -35,10 +38,11 @@ from .model import Container, Drop, Lost
 from .output.clock import hms, iso_prefix
 from .output.escape import escape_text
 from .sink import MAX_DROP_ENTRIES, KernelCountedSink, LostNotices
-from .snapshot import DEFAULT_TTL_S, ListenerTable
+from .snapshot import DEFAULT_TTL_S, ListenerTable, SocketRow
 
 TOP_REMOTES = 5
 MAX_DROP_ROWS = MAX_DROP_ENTRIES
+MAX_REMEMBERED_SOCKETS = 65536  # listeners whose drop counts are remembered across reads
 
 
 def endpoint(laddr: str, lport: int) -> str:
@@ -115,22 +119,45 @@ class SummarySink(KernelCountedSink):
         self._previous_remotes: dict[tuple[ListenerKey, str], int] = {}
         self._drops: dict[tuple[int, str, int], _Drops] = {}
         self._drops_overflow = 0
+        self._socket_dropped: dict[int, int] = {}  # socket inode -> its drops at the last read
         self._overflow = 0
 
     def count_lost(self, lost: Lost) -> None:
         self._notices.report(lost)
 
     def count_drop(self, r: Drop) -> None:
-        where = (r.netns, r.laddr, r.lport)
+        if self.table.sockets_source is not None:
+            return  # the listener table's sockets carry the drops (_count_socket_drops)
+        self._add_drop(r.netns, r.laddr, r.lport, r.dropped, r.backlog, r.backlog_max,
+                       r.pid or 0, r.comm or "?", r.container)
+
+    def _add_drop(self, netns: int, laddr: str, lport: int, dropped: int, backlog: int,
+                  backlog_max: int, pid: int, comm: str,
+                  container: Optional[Container]) -> None:
+        where = (netns, laddr, lport)
         drops = self._drops.get(where)
         if drops is None:
             if len(self._drops) >= MAX_DROP_ROWS:
                 self._drops_overflow += 1
                 return
-            drops = self._drops[where] = _Drops(0, 0, 0, r.pid or 0, r.comm or "?",
-                                                r.container)
-        drops.dropped += r.dropped
-        drops.backlog, drops.backlog_max = r.backlog, r.backlog_max
+            drops = self._drops[where] = _Drops(0, 0, 0, pid, comm, container)
+        drops.dropped += dropped
+        drops.backlog, drops.backlog_max = backlog, backlog_max
+
+    def _count_socket_drops(self, sockets: Mapping[int, SocketRow]) -> None:
+        """The interval's drops: each socket's counter against the previous snapshot's (0
+        for a socket first seen now: its counter starts at its first sighting)."""
+        before, seen = self._socket_dropped, {}
+        for inode, row in sockets.items():
+            s = row.state
+            seen[inode] = s.dropped
+            if s.dropped > before.get(inode, 0):
+                self._add_drop(s.netns, s.laddr, s.lport, s.dropped - before.get(inode, 0),
+                               s.backlog, s.backlog_max, s.pid, s.comm, row.container)
+        for inode, dropped in before.items():  # a socket missing from one read resumes
+            if inode not in seen and len(seen) < MAX_REMEMBERED_SOCKETS:
+                seen[inode] = dropped
+        self._socket_dropped = seen
 
     def tick(self, now: float) -> None:
         if now - self._interval_start >= self.interval:
@@ -140,6 +167,8 @@ class SummarySink(KernelCountedSink):
         """A new snapshot, diffed against the previous one; the interval's backlog peaks
         end here (the next interval's start)."""
         snapshot = self.table.refresh(new_epoch=True)
+        if snapshot.sockets is not None:
+            self._count_socket_drops(snapshot.sockets)
         self._containers = {key: row.container for key, row in snapshot.listeners.items()}
         self._overflow = snapshot.listeners_overflow
         return {key: row.totals for key, row in snapshot.listeners.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from types import MappingProxyType
 from typing import Optional
 
 import pytest
@@ -22,6 +23,8 @@ from tcpaccept.aggregate import (
 from tcpaccept.btf import Btf
 from tcpaccept.errors import TcpacceptError
 from tcpaccept.event import default_object_path
+from tcpaccept.listeners.table import ListenerState
+from tcpaccept.listeners.table import Snapshot as SocketsRead
 from tcpaccept.model import Drop, Lost
 from tcpaccept.sink import LostNotices
 from tcpaccept.summary import Log2Histogram, SummarySink
@@ -197,6 +200,37 @@ def test_drops_join_the_row_of_their_listening_socket_or_make_their_own() -> Non
     rows = {r["lport"]: r for r in _objects(out)[0]["listeners"]}
     assert (rows[80]["accepts"], rows[80]["drops"], rows[80]["backlog_peak"]) == (4, 5, 8)
     assert (rows[81]["accepts"], rows[81]["drops"], rows[81]["comm"]) == (0, 2, "stuck")
+
+
+def test_with_the_listener_table_drops_are_each_sockets_counter_between_snapshots(
+        ) -> None:
+    """The drop column from the same table as the metrics: each socket's counter against
+    the previous snapshot (drop items are the table's already: not counted twice); a
+    socket missing from one read resumes instead of reporting its history again."""
+    reader = FakeReader()
+    sink, out, _err = _sink(reader)
+    reader.listeners = {WILDCARD: ListenerTotals(accepts=4, pid=7, comm="srv")}
+
+    def socket(inode: int, lport: int, dropped: int, comm: str) -> ListenerState:
+        return ListenerState(inode, 1, 2, "0.0.0.0" if lport == 80 else "127.0.0.1", lport,
+                             1, 8, 0, dropped, 7, comm, 1, 0)
+
+    reads = [SocketsRead(MappingProxyType({1: socket(1, 80, 5, "srv"),
+                                           2: socket(2, 81, 0, "stuck")}), 1, 0.0, 1)]
+    sink.table.sockets_source = lambda: reads[-1]
+    sink.handle([Drop(laddr="0.0.0.0", lport=80, family=4, pid=7, comm="srv", backlog=8,
+                      backlog_max=8, dropped=5, inode=1, netns=1)])
+    sink.flush_interval()
+    reads.append(SocketsRead(MappingProxyType({2: socket(2, 81, 3, "stuck")}), 2, 0.0, 2))
+    sink.flush_interval()
+    reads.append(SocketsRead(MappingProxyType({1: socket(1, 80, 6, "srv"),
+                                               2: socket(2, 81, 3, "stuck")}), 3, 0.0, 3))
+    sink.flush_interval()
+    first, second, third = (
+        {r["lport"]: r for r in o["listeners"]} for o in _objects(out))
+    assert (first[80]["accepts"], first[80]["drops"]) == (4, 5) and 81 not in first
+    assert (second[81]["accepts"], second[81]["drops"], second[81]["comm"]) == (0, 3, "stuck")
+    assert third[80]["drops"] == 1 and 81 not in third
 
 
 def test_quiet_interval_prints_nothing_in_text_mode() -> None:
