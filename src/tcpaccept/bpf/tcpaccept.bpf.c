@@ -13,6 +13,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
+#include "arch.bpf.h"
 #include "tcpaccept.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -102,9 +103,6 @@ static __always_inline int on_accept_enter(struct syscall_enter_ctx *ctx)
 	bpf_map_update_elem(&accepting_fd, &tid, &fd, BPF_ANY);
 	return 0;
 }
-
-/* x86-64: THREAD_SIZE (16 KiB); the user registers are saved at the top of the stack. */
-#define KERNEL_STACK_SIZE (4096 << 2)
 
 /* The accepting thread's saved user registers: they still hold the syscall's first
  * argument, the listening fd, even for an accept() that blocked before tracing began. */
