@@ -3,8 +3,9 @@
 Why: this host's kernel cannot attach kprobes or fentry programs, so the attach methods
 are proven inside Debian's own 5.10 (bullseye), 6.1 (bookworm) and 6.12 (trixie)
 kernels. tests/vm/build_guest.sh builds the images once into a cache directory.
-The arm64 build (arch="arm64") boots Debian's arm64 6.1 kernel under qemu-system-aarch64,
-emulated instruction by instruction, from its own cache subdirectory (ARM64_CACHE).
+The arm64 build (arch="arm64") boots Debian's arm64 6.1 and 6.12 kernels under
+qemu-system-aarch64, emulated instruction by instruction, from its own cache subdirectory
+(ARM64_CACHE).
 
 What the guest sees:
 - a Debian bookworm root (python3, bpftool, bpftrace, nginx-light, iproute2, ...) with a
@@ -39,8 +40,8 @@ from typing import Mapping, Optional, Sequence
 
 # Kernel short name -> the Debian release whose stock kernel it is.
 KERNELS: dict[str, str] = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie"}
-# The arm64 guests: one kernel, every instruction emulated (build_guest.sh's arm64 list).
-ARM64_KERNELS: dict[str, str] = {"6.1": "bookworm"}
+# The arm64 guests, every instruction emulated (build_guest.sh's arm64 list).
+ARM64_KERNELS: dict[str, str] = {"6.1": "bookworm", "6.12": "trixie"}
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build_guest.sh"
@@ -282,7 +283,7 @@ def run_script(
     smp: int = 1,
     arch: str = "amd64",
 ) -> GuestResult:
-    """Boot `kernel` ("5.10", "6.1" or "6.12"; arm64: "6.1") and run `script` with bash
+    """Boot `kernel` ("5.10", "6.1" or "6.12"; arm64: "6.1" or "6.12") and run `script` with bash
     inside it.
 
     `env` is exported before the script runs. Files the script writes under /vmio are
