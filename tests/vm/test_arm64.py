@@ -164,7 +164,8 @@ start=$SECONDS
 # the fresh venv it is run by.
 python3 -m venv --without-pip /tmp/venv || exit 10
 PYTHONPATH=$(echo "$PWD"/.venv/lib/python3*/site-packages) /tmp/venv/bin/python -m pip \
-  install -q --no-index --disable-pip-version-check --find-links /vmio/wheels tcpaccept || exit 11
+  install -q --ignore-installed --no-index --disable-pip-version-check \
+  --find-links /vmio/wheels tcpaccept || exit 11
 echo "installed in $((SECONDS - start)) s"
 /tmp/venv/bin/tcpaccept --check >/vmio/check.txt 2>&1 || {{ cat /vmio/check.txt; exit 12; }}
 for method in {methods}; do
