@@ -13,6 +13,7 @@ cold build 44-125 s (apt downloads), rebuild after a source change ~20 s, unchan
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.fleet import images
 from tests.fleet.deployment import (
     ROOT,
     accepts_on_port,
@@ -245,3 +247,34 @@ def test_agent_names_the_container_of_an_accept(agent: tuple[int, str], image: s
         assert [(labels["lport"], value) for labels, value in named] == [("8080", accepts)]
     finally:
         podman("rm", "-f", "-t", "0", name, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def arm64_image(image: str) -> str:
+    started = time.monotonic()
+    built = images.build_arm64()
+    print(f"arm64 image build {time.monotonic() - started:.1f} s")
+    return built
+
+
+def test_manifest_list_holds_amd64_and_arm64_each_with_its_object(image: str,
+                                                                   arm64_image: str) -> None:
+    name = images.manifest_list([image, arm64_image])
+    inspect = podman("manifest", "inspect", name)
+    assert inspect.returncode == 0, inspect.stderr
+    platforms = sorted((m["platform"]["os"], m["platform"]["architecture"])
+                       for m in json.loads(inspect.stdout)["manifests"])
+    assert platforms == [("linux", "amd64"), ("linux", "arm64")], inspect.stdout
+    # Under qemu-user here: the arm64 half's python3 is aarch64 and its object is the
+    # checkout's aarch64 build (the amd64 half: the x86_64 build). It runs --check in an
+    # arm64 kernel in tests/vm/test_arm64.py.
+    bpf = ROOT / "src" / "tcpaccept" / "bpf"
+    for tag, platform, machine in ((image, "linux/amd64", "x86_64"),
+                                   (arm64_image, "linux/arm64", "aarch64")):
+        probe = podman("run", "--rm", "--platform", platform, *ULIMITS, "--entrypoint",
+                       "python3", tag, "-c",
+                       "import hashlib, platform, tcpaccept.event as e; print(platform.machine(),"
+                       " hashlib.sha256(e.PACKAGED_OBJECT.read_bytes()).hexdigest())")
+        assert probe.returncode == 0, probe.stderr
+        expected = hashlib.sha256((bpf / machine / "tcpaccept.bpf.o").read_bytes()).hexdigest()
+        assert probe.stdout.split() == [machine, expected]
