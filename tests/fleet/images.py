@@ -16,7 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker.io/library/debian:bookworm-slim"
 ARM64_BASE = "localhost/tcpaccept-base:bookworm-slim-arm64"
-IMAGE = "localhost/tcpaccept:fleet-test"
+# Tags of their own (the layers are shared with test_image.py's build): what the manifest
+# list holds is what these builds made, whatever else tags fleet-test meanwhile.
+AMD64_IMAGE = "localhost/tcpaccept:fleet-test-amd64"
 ARM64_IMAGE = "localhost/tcpaccept:fleet-test-arm64"
 MANIFEST = "localhost/tcpaccept:fleet-test-multiarch"
 # Measured on this host: root lacks CAP_SYS_RESOURCE, so podman cannot raise rlimits, and
@@ -47,6 +49,12 @@ def build(tag: str, platform: str, *extra: str) -> None:
                    "--build-arg", f"BUILDPLATFORM=linux/{host}", *extra,
                    "-t", tag, "-f", str(ROOT / "Containerfile"), str(ROOT), timeout=1500)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+
+
+def build_amd64() -> str:
+    make_base(BASE, "amd64")
+    build(AMD64_IMAGE, "linux/amd64")
+    return AMD64_IMAGE
 
 
 def build_arm64() -> str:
