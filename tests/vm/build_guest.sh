@@ -97,7 +97,10 @@ enable_foreign_binaries() {
 
 build_rootfs() {
   local stamp=$cache/rootfs.stamp digest
-  digest=$(inputs_digest bookworm "$arch" "$rootfs_recipe" "${rootfs_packages[@]}")
+  # The architecture counts only when not amd64: an existing x86_64 root stays valid.
+  local arch_input=()
+  [[ $arch == amd64 ]] || arch_input=("$arch")
+  digest=$(inputs_digest bookworm "${arch_input[@]}" "$rootfs_recipe" "${rootfs_packages[@]}")
   if up_to_date "$stamp" "$digest" && [[ -d $cache/rootfs ]]; then
     return 0
   fi
