@@ -13,12 +13,11 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
 from . import iouring, libbpf, preflight, privileges, probes
 from .aggregate import AggregateReader
 from .config import Config, OutputConfig
-from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
 from .errors import TcpacceptError
 from .model import Drop, Lost
@@ -32,6 +31,9 @@ from .run import BANNER, StopFlag, run
 from .sink import LostNotices, Sink, Tee
 from .summary import SummarySink
 from .tracer import Tracer
+
+if TYPE_CHECKING:  # imported where names are printed: most runs never need it
+    from .containers import ContainerResolver
 
 
 def _stderr_logger(verbose: bool) -> Callable[[str], None]:
@@ -192,8 +194,10 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
             if tracer.pid_namespace is not None:  # PIDs are not the host's: say whose
                 print(f"tcpaccept: {pid_namespace_notice(tracer.pid_namespace)}",
                       file=sys.stderr, flush=True)
-            resolver = (ContainerResolver(host_root=config.host_root)
-                        if _needs_containers(config, output) else None)
+            resolver = None
+            if _needs_containers(config, output):
+                from .containers import ContainerResolver
+                resolver = ContainerResolver(host_root=config.host_root)
             if resolver is not None:  # names need root-only state directories
                 _warn_if(privileges.container_names_warning(config.host_root))
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
