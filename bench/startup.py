@@ -29,8 +29,8 @@ class StartSample:
 def compile_bytecode(tool: Path) -> None:
     """Compile the tool's package once, as pip does when it installs the wheel. From a
     source checkout under PYTHONDONTWRITEBYTECODE=1 every start would otherwise compile
-    all its modules again (~3x the instructions of its imports): a cost no installed
-    tcpaccept pays, and one that grows with every module added."""
+    all its modules again (the imports: 1,594M instructions instead of 257M, callgrind):
+    a cost no installed tcpaccept pays, and one that grows with every module added."""
     python = tool.parent / "python"
     subprocess.run([str(python if python.exists() else "python3"), "-c",
                     "import compileall, os, tcpaccept; compileall.compile_dir("
