@@ -17,6 +17,7 @@ from setuptools.command.build_py import build_py
 
 BPF_DIR = Path(__file__).resolve().parent / "src" / "tcpaccept" / "bpf"
 BPF_OBJECT = BPF_DIR / "tcpaccept.bpf.o"
+BPF_OBJECTS = [BPF_OBJECT, BPF_DIR / "listeners.bpf.o"]  # the Makefile's `all`
 
 
 
@@ -26,9 +27,9 @@ def _bpf_sources() -> list[Path]:
 
 
 def _object_is_current() -> bool:
-    if not BPF_OBJECT.is_file():
+    if not all(obj.is_file() for obj in BPF_OBJECTS):
         return False
-    built = BPF_OBJECT.stat().st_mtime
+    built = min(obj.stat().st_mtime for obj in BPF_OBJECTS)
     return all(source.stat().st_mtime <= built for source in _bpf_sources())
 
 

@@ -14,7 +14,7 @@ if ((want_test)); then
   packages+=(nginx-light bpftool bpftrace iproute2 libc6-dev wrk)
   # Containers (issue: containers), a real Prometheus (fleet), io_uring servers, the image base.
   packages+=(podman runc busybox-static uidmap docker.io containerd prometheus liburing-dev
-             debootstrap man-db)
+             debootstrap man-db catatonit)  # catatonit: podman kube play's pause process
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -178,6 +178,16 @@ def kernel_btf_has_struct(name: str, path: str = KERNEL_BTF) -> bool:
     return False
 
 
+def kernel_has_struct(name: str) -> bool:
+    """Whether the running kernel's BTF defines `struct name`, through libbpf's full parse
+    (the start asks kernel_btf_has_struct; this is its reference in the tests)."""
+    btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
+    try:
+        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
+    finally:
+        lib().btf__free(btf)
+
+
 class DataSection:
     """Named `const volatile` globals of an opened, not yet loaded, object (libbpf-tools'
     `rodata->target_uid = 33`), written through the section's BTF variable offsets."""

@@ -12,7 +12,10 @@ from typing import Callable, NoReturn, Optional, Sequence, TypeVar
 from . import __version__
 from .config import DEFAULT_METRICS_LABELS, METRICS_LABELS, PROBE_CHOICES, Config, OutputConfig
 from .containers.selector import Selector, SelectorError
+from .diagnostics import nonblocking_stderr
 from .errors import TcpacceptError
+from .flag_rules import host_root_warning, idle_flag_error
+from .plan import RunPlan
 
 EXAMPLES = """\
 examples:
@@ -88,13 +91,18 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
     return parse
 
 
+# About 31 years: any longer is a typo, and far past what a float deadline keeps exact.
+MAX_SECONDS = 1e9
+
+
 def _positive_float(what: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         if not _ASCII_DECIMAL.fullmatch(text):
             raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (a decimal number)")
         value = float(text)
-        if not 0 < value < 1e9:
-            raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
+        if not 0 < value < MAX_SECONDS:
+            raise argparse.ArgumentTypeError(
+                f"{what} {text} out of range: more than 0 and less than {MAX_SECONDS:.0f} s")
         return value
 
     return parse
@@ -232,14 +240,14 @@ def build_parser() -> OneLineParser:
                      metavar="FILE", help="serve --metrics over HTTPS with this certificate "
                                           "(PEM; needs --metrics-tls-key)")
     out.add_argument("--metrics-tls-key", type=_readable_file("TLS key"), metavar="FILE",
-                     help="the certificate's private key (PEM)")
-    out.add_argument("--metrics-labels", type=_metrics_labels,
-                     default=DEFAULT_METRICS_LABELS, metavar="LABEL[,...]",
+                     help="the certificate's private key (PEM, unencrypted)")
+    out.add_argument("--metrics-labels", type=_metrics_labels, metavar="LABEL[,...]",
                      help=f"labels of each listener's series, from {','.join(METRICS_LABELS)} "
                           f"(default {','.join(DEFAULT_METRICS_LABELS)}; comm: one series "
-                          "per process name, which any process can change)")
+                          "per process name, which any process can change); needs --metrics")
     out.add_argument("-q", "--quiet", action="store_true",
-                     help="print no accept lines (with --metrics: the always-on agent mode)")
+                     help="print no accept lines (with --metrics: the always-on agent mode; "
+                          "with --drops: DROP lines only)")
     out.add_argument("--no-unmap", dest="unmap", action="store_false",
                      help="show IPv4 clients of dual-stack listeners as ::ffff:a.b.c.d")
     out.add_argument("-v", "--verbose", action="store_true",
@@ -299,25 +307,6 @@ def build_parser() -> OneLineParser:
 
 def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
     family = 4 if args.ipv4 else 6 if args.ipv6 else None
-    config = Config(
-        pids=args.pid or frozenset(),
-        lports=args.port or frozenset(),
-        uid=args.uid,
-        comm=args.comm,
-        netns=args.netns,
-        cgroup=args.cgroup,
-        cgroupmap=args.cgroupmap,
-        mntnsmap=args.mntnsmap,
-        remotes=tuple(sorted(args.remote or (), key=str)),
-        family=family,
-        probe=args.probe,
-        ring_buffer_bytes=args.ring_buffer * 1024,
-        # Only the default text layout has no use for the queue latency: skip its hook.
-        queue_latency=bool(args.latency or args.json or args.summary or args.metrics),
-        io_uring=args.io_uring,
-        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
-        host_root=args.host_root,
-    )
     output = OutputConfig(
         json=args.json,
         relative_time=args.timestamp,
@@ -334,7 +323,25 @@ def configs_from(args: argparse.Namespace) -> tuple[Config, OutputConfig]:
         metrics_tls_cert=args.metrics_tls_cert,
         metrics_tls_key=args.metrics_tls_key,
         quiet=args.quiet,
-        metrics_labels=args.metrics_labels,
+        metrics_labels=args.metrics_labels or DEFAULT_METRICS_LABELS,
+    )
+    config = Config(
+        pids=args.pid or frozenset(),
+        lports=args.port or frozenset(),
+        uid=args.uid,
+        comm=args.comm,
+        netns=args.netns,
+        cgroup=args.cgroup,
+        cgroupmap=args.cgroupmap,
+        mntnsmap=args.mntnsmap,
+        remotes=tuple(sorted(args.remote or (), key=str)),
+        family=family,
+        probe=args.probe,
+        ring_buffer_bytes=args.ring_buffer * 1024,
+        queue_latency=RunPlan.of(output).queue_latency,
+        io_uring=args.io_uring,
+        containers=Selector.from_flags(args.container, args.pod, args.k8s_namespace),
+        host_root=args.host_root,
     )
     return config, output
 
@@ -345,25 +352,36 @@ def check_combinations(parser: OneLineParser, args: argparse.Namespace) -> None:
         parser.error("--metrics-tls-cert and --metrics-tls-key go together: give both")
     if args.metrics_tls_cert and not args.metrics:
         parser.error("--metrics-tls-cert/--metrics-tls-key need --metrics [ADDR:]PORT")
+    idle = idle_flag_error(args)
+    if idle:
+        parser.error(idle)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_combinations(parser, args)
+    warning = host_root_warning(args.host_root)
+    if warning:
+        print(f"tcpaccept: warning: {warning}", file=sys.stderr, flush=True)
     from .session import check_report, trace  # deferred: --help needs no libbpf
 
     try:
         config, output = configs_from(args)
     except SelectorError as exc:
         parser.error(str(exc))
-    try:
-        if args.check:
+    if args.check:
+        try:
             return check_report(sys.stdout, verbose=args.verbose)
-        return trace(config, output)
-    except TcpacceptError as exc:
-        print(f"tcpaccept: {exc}", file=sys.stderr)
-        return exc.exit_code
+        except TcpacceptError as exc:
+            print(f"tcpaccept: {exc}", file=sys.stderr)
+            return exc.exit_code
+    with nonblocking_stderr():  # a stalled stderr never holds the loop or SIGTERM
+        try:
+            return trace(config, output)
+        except TcpacceptError as exc:
+            print(f"tcpaccept: {exc}", file=sys.stderr)
+            return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ class Config:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """How events are shown; none of it changes what the kernel reports."""
+    """How events are shown. None of it filters what the kernel reports; what the kernel
+    and the session do for these flags (aggregation, records, drops, containers) is
+    derived from them once, in plan.RunPlan."""
 
     json: bool = False
     relative_time: bool = False  # bcc -t: TIME(s) since tracing began

@@ -11,7 +11,13 @@ private data, then the tracepoint's arguments):
   io_uring_complete(ctx, req, cqe)                                     6.13 and later
   io_uring_complete(ctx, req, user_data, res, cflags, extra1, extra2)  5.19 to 6.12
   io_uring_submit_req(req)                                             6.3 and later
+  io_uring_task_add(req, mask)                                         5.19 and later
 Below 6.2 the programs are not offered (the request layout they read is 6.2's and later).
+
+A multishot accept's CQEs come without their request: bpf/iouring.bpf.h remembers the
+request at submission (io_uring_submit_req) and, for a request armed before the tracer
+started, at its next poll wakeup (io_uring_task_add). Without the latter, --check says that
+multishot accepts armed before the start are not seen.
 """
 
 from __future__ import annotations
@@ -30,10 +36,14 @@ MIN_KERNEL = (6, 2)
 COMPLETE = "iouring_complete"  # 6.13+
 COMPLETE_PRE_6_13 = "iouring_complete_pre_6_13"
 SUBMIT = "iouring_submit_req"
+TASK_ADD = "iouring_task_add"
 OVERFLOW = "iouring_cqe_overflow"
-ALL_PROGRAMS = (COMPLETE, COMPLETE_PRE_6_13, SUBMIT, OVERFLOW)
+ALL_PROGRAMS = (COMPLETE, COMPLETE_PRE_6_13, SUBMIT, TASK_ADD, OVERFLOW)
 # Parameters of the btf_trace_ function: the tracepoint's arguments plus its data pointer.
 COMPLETE_PARAMS = {4: COMPLETE, 8: COMPLETE_PRE_6_13}
+TASK_ADD_PARAMS = 3  # (data, req, mask); before 5.19 it took (ctx, opcode, user_data, ...)
+NOT_SEEN_ARMED_BEFORE = ("multishot accepts armed before the start are not seen: "
+                         "no io_uring_task_add(req, mask)")
 
 # enum btf_kind (include/uapi/linux/btf.h)
 BTF_KIND_PTR, BTF_KIND_TYPEDEF, BTF_KIND_FUNC_PROTO = 2, 8, 13
@@ -80,15 +90,17 @@ def tracepoint_params(btf: int, tracepoint: str) -> Optional[int]:
 
 
 @functools.lru_cache(maxsize=1)
-def kernel_tracepoints() -> tuple[Optional[int], Optional[int]]:
-    """Parameters of io_uring_complete and io_uring_submit_req (None: absent). Parsing the
-    kernel's BTF takes ~50 ms: once per process (--check plans the method several times)."""
+def kernel_tracepoints() -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """Parameters of io_uring_complete, io_uring_submit_req and io_uring_task_add (None:
+    absent). Parsing the kernel's BTF takes ~50 ms: once per process (--check plans the
+    method several times)."""
     btf = libbpf.lib().btf__load_vmlinux_btf()
     if not btf:
         raise OSError("no kernel BTF")
     try:
         return (tracepoint_params(btf, "io_uring_complete"),
-                tracepoint_params(btf, "io_uring_submit_req"))
+                tracepoint_params(btf, "io_uring_submit_req"),
+                tracepoint_params(btf, "io_uring_task_add"))
     finally:
         libbpf.lib().btf__free(btf)
 
@@ -102,7 +114,7 @@ def support(wanted: bool = True) -> Support:
         return Support((), f"kernel {version[0]}.{version[1]} < "
                            f"{MIN_KERNEL[0]}.{MIN_KERNEL[1]}; fexit or kprobe see them")
     try:
-        complete_params, submit_params = kernel_tracepoints()
+        complete_params, submit_params, task_add_params = kernel_tracepoints()
     except libbpf.LibbpfMissing as exc:
         return Support((), str(exc))
     except OSError:
@@ -116,4 +128,7 @@ def support(wanted: bool = True) -> Support:
         # Multishot and overflowed CQEs come without their request: only a request
         # remembered at submission tells them apart, and that tracepoint is 6.3's.
         return Support((complete,), "single-shot only: no io_uring_submit_req before 6.3")
-    return Support((complete, SUBMIT, OVERFLOW), "tracepoint method, io_uring_complete")
+    if task_add_params != TASK_ADD_PARAMS:
+        return Support((complete, SUBMIT, OVERFLOW),
+                       f"tracepoint method, io_uring_complete; {NOT_SEEN_ARMED_BEFORE}")
+    return Support((complete, SUBMIT, TASK_ADD, OVERFLOW), "tracepoint method, io_uring_complete")

@@ -8,7 +8,6 @@ object, the step and libbpf's own message.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from typing import Callable, Iterator, Optional
@@ -48,6 +47,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_strerror": (_c.c_int, [_c.c_int, _c.c_char_p, _c.c_size_t]),
     "libbpf_set_print": (_c.c_void_p, [_PRINT_FN]),
     "libbpf_probe_bpf_helper": (_c.c_int, [_c.c_int, _c.c_int, _c.c_void_p]),
+    "libbpf_num_possible_cpus": (_c.c_int, []),
     "bpf_object__open_file": (_c.c_void_p, [_c.c_char_p, _c.c_void_p]),
     "bpf_object__load": (_c.c_int, [_c.c_void_p]),
     "bpf_object__close": (None, [_c.c_void_p]),
@@ -66,6 +66,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__set_max_entries": (_c.c_int, [_c.c_void_p, _c.c_uint32]),
     "bpf_map__initial_value": (_c.c_void_p, [_c.c_void_p, _c.POINTER(_c.c_size_t)]),
     "bpf_map__value_size": (_c.c_uint32, [_c.c_void_p]),
+    "bpf_map__key_size": (_c.c_uint32, [_c.c_void_p]),
+    "bpf_map_get_next_key": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
     "bpf_map_update_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p, _c.c_uint64]),
     "bpf_map_lookup_elem": (_c.c_int, [_c.c_int, _c.c_void_p, _c.c_void_p]),
     "bpf_map_delete_elem": (_c.c_int, [_c.c_int, _c.c_void_p]),
@@ -84,6 +86,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__poll": (_c.c_int, [_c.c_void_p, _c.c_int]),
     "ring_buffer__consume": (_c.c_int, [_c.c_void_p]),
     "ring_buffer__free": (None, [_c.c_void_p]),
+    "bpf_program__attach_iter": (_c.c_void_p, [_c.c_void_p, _c.c_void_p]),
+    "bpf_iter_create": (_c.c_int, [_c.c_int]),
 }
 
 
@@ -160,16 +164,9 @@ def probe_helper(prog_type: int, helper_id: int) -> bool:
     return lib().libbpf_probe_bpf_helper(prog_type, helper_id, None) == 1
 
 
-BTF_KIND_STRUCT = 4
-
-
-def kernel_has_struct(name: str) -> bool:
-    """Whether the running kernel's BTF defines `struct name`."""
-    btf = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
-    try:
-        return lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
-    finally:
-        lib().btf__free(btf)
+def possible_cpus() -> int:
+    """Per-CPU map values have one slot per possible CPU (not just online ones)."""
+    return _check_rc(lib().libbpf_num_possible_cpus(), "count the possible CPUs")
 
 
 def pinned_fd(path: str) -> int:
@@ -221,6 +218,24 @@ class Map:
             return None
         return value.raw
 
+    def lookup_per_cpu(self, key: bytes, ncpus: int) -> Optional[list[bytes]]:
+        """A per-CPU map's value, one bytes per possible CPU (each padded to 8 by the
+        kernel); None if the key is gone."""
+        size = lib().bpf_map__value_size(self._ptr)
+        raw = self.lookup(key, (stride := (size + 7) & ~7) * ncpus)
+        return None if raw is None else [raw[i:i + size] for i in range(0, len(raw), stride)]
+
+    def iter_keys(self) -> Iterator[bytes]:
+        """Every key present now; a key deleted under us restarts the kernel's walk from
+        the first key, so a key seen twice ends it (and max_entries bounds it)."""
+        size, seen = lib().bpf_map__key_size(self._ptr), set()
+        prev, key = None, ctypes.create_string_buffer(size)
+        while (lib().bpf_map_get_next_key(self.fd, prev, key) == 0 and key.raw not in seen
+               and len(seen) < self.max_entries):
+            seen.add(key.raw)
+            yield key.raw
+            prev = ctypes.create_string_buffer(key.raw, size)
+
 
 class Program:
     def __init__(self, ptr: int, name: str) -> None:
@@ -237,6 +252,11 @@ class Program:
 
     def attach(self) -> Link:
         ptr = _check_ptr(lib().bpf_program__attach(self._ptr), f"attach {self.name}")
+        return Link(ptr, self.name)
+
+    def attach_iter(self) -> Link:
+        """An iterator's link (no options); each Link.read_iterator() is one walk."""
+        ptr = _check_ptr(lib().bpf_program__attach_iter(self._ptr, None), f"attach {self.name}")
         return Link(ptr, self.name)
 
 
@@ -273,6 +293,12 @@ class Link:
         if self._ptr:
             lib().bpf_link__destroy(self._ptr)
             self._ptr = None
+
+    def open_iterator(self) -> int:
+        """A fresh fd of an iterator link (the caller reads it to its end, then closes it):
+        in-process, as a bpffs pin needs more than CAP_BPF."""
+        fd = lib().bpf_iter_create(lib().bpf_link__fd(self._ptr)) if self._ptr else -errno.EBADF
+        return _check_rc(fd, f"create iterator {self.name}")  # libbpf 1.x: -errno
 
 
 def kprobe_missed_of(link_info: bytes) -> Optional[int]:
@@ -347,39 +373,4 @@ class BpfObject:
     def close(self) -> None:
         if self._ptr:
             lib().bpf_object__close(self._ptr)
-            self._ptr = None
-
-
-class RingBuffer:
-    """Consumes a BPF ring buffer; each sample is handed to on_sample(address, size).
-
-    The callback runs inside ring_buffer__poll: it must copy what it needs at once, the
-    memory is returned to the kernel when it returns.
-    """
-
-    def __init__(self, ring_map: Map, on_sample: Callable[[int, int], None]) -> None:
-        def trampoline(_ctx: int, data: int, size: int) -> int:
-            on_sample(data, size)
-            return 0
-
-        self._callback = RING_SAMPLE_FN(trampoline)  # kept alive with the ring
-        self._ptr: Optional[int] = _check_ptr(
-            lib().ring_buffer__new(ring_map.fd, self._callback, None, None),
-            f"ring buffer on {ring_map.name}",
-        )
-
-    def poll(self, timeout_ms: int) -> int:
-        """Samples consumed; 0 on timeout or when a signal interrupted the wait."""
-        rc = lib().ring_buffer__poll(self._ptr, timeout_ms)
-        if rc == -errno.EINTR:
-            return 0
-        return _check_rc(rc, "poll ring buffer")
-
-    def consume(self) -> int:
-        rc = lib().ring_buffer__consume(self._ptr)
-        return 0 if rc == -errno.EINTR else _check_rc(rc, "consume ring buffer")
-
-    def close(self) -> None:
-        if self._ptr:
-            lib().ring_buffer__free(self._ptr)
             self._ptr = None

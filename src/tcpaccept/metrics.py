@@ -1,5 +1,11 @@
-"""Prometheus metrics (--metrics): a collector that reads the kernel's aggregation maps at
-scrape time, and a sink for what still arrives as items (listener drops, lost events).
+"""Prometheus metrics (--metrics): a sink for what arrives as items (listener drops, lost
+events) and a collector that renders the state the main loop last published.
+
+Scrapes never act: the main loop's tick reads the listener table (snapshot.py: map reads,
+CPU merge, TTL expiry, container names), adds the drop and lost counts and publishes one
+immutable ``MetricsState``; ``collect`` renders that state and reads nothing else. A
+scrape that wants fresh figures asks for them (``request_fresh``) and the server waits for
+the next tick's state (metrics_server.py).
 
 Accepts are counted in the kernel (bpf/aggregate.bpf.h), per listening socket, so the
 agent mode (`--metrics ... --quiet`) sends no record through the ring buffer at all; with
@@ -26,10 +32,9 @@ MAX_DROP_SERIES (overflow map="drop_series").
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -38,54 +43,30 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 
-from .aggregate import AggregateReader, ListenerKey, ListenerTotals, slot_upper_us
-from .model import Container, Drop, Item, Lost
+from . import exposition
+from .config import DEFAULT_METRICS_LABELS, METRICS_LABELS
+from .exposition import FAMILIES, LOST, OVERFLOW, Series, buckets
+from .model import Container, Drop, Lost
 from .output.escape import escape_text
+from .sink import MAX_DROP_ENTRIES, KernelCountedSink
+from .snapshot import (
+    DEFAULT_TTL_S,
+    EMPTY,
+    AggregateSource,
+    ContainerOf,
+    ListenerTable,
+    Snapshot,
+)
 
-DEFAULT_LABELS = ("laddr", "lport", "netns", "container", "namespace", "pod")
-KNOWN_LABELS = DEFAULT_LABELS + ("comm",)
-# The histogram's buckets are log2 slot edges of the kernel's histogram (every other one:
-# 8 us, 32 us, ... 8.4 s), so they are exact counts, not interpolations.
-BUCKET_SLOTS = tuple(range(3, 24, 2))
-BUCKETS = tuple((floatToGoString(slot_upper_us(s) / 1e6), s) for s in BUCKET_SLOTS)
-DEFAULT_TTL_S = 600.0
-MAX_DROP_SERIES = 4096
-ContainerOf = Callable[[int], Optional[Container]]
-
-
-def _no_container(_cgroup_id: int) -> Optional[Container]:
-    return None
-
-
-@dataclass
-class _Series:
-    """One label set's figures: several kernel keys may share it (labels left out)."""
-
-    accepts: int = 0
-    latency_count: int = 0
-    latency_sum_ns: int = 0
-    slots: Optional[list[int]] = None
-    backlog: int = 0
-    backlog_max: int = 0
-    last_seen_ns: int = -1
-    drops: int = 0
-
-    def add(self, t: ListenerTotals) -> None:
-        self.accepts += t.accepts
-        self.latency_count += t.latency_count
-        self.latency_sum_ns += t.latency_sum_ns
-        if self.slots is None:
-            self.slots = list(t.latency_slots)
-        else:
-            self.slots = [a + b for a, b in zip(self.slots, t.latency_slots)]
-        self.backlog_max = max(self.backlog_max, t.backlog_max)
-        if t.last_seen_ns > self.last_seen_ns:
-            self.last_seen_ns, self.backlog = t.last_seen_ns, t.backlog
+DEFAULT_LABELS = DEFAULT_METRICS_LABELS  # one list, in config.py (the CLI checks by it)
+KNOWN_LABELS = METRICS_LABELS
+MAX_DROP_SERIES = MAX_DROP_ENTRIES
+REFRESH_EVERY_S = 10.0  # the state's age at most when no scrape asks for a fresh one
+HEALTHY_TICK_AGE_S = 5.0  # /healthz: the main loop ticks every 50 ms when it is well
 
 
-@dataclass
+@dataclass(frozen=True)
 class _DropSeries:
     dropped: int
     backlog: int
@@ -93,45 +74,55 @@ class _DropSeries:
     seen_ns: int  # CLOCK_MONOTONIC, comparable with the kernel's last_seen_ns
 
 
-class MetricsSink:
-    """A sink (drops, lost events) and a prometheus_client collector (everything)."""
+@dataclass(frozen=True)
+class MetricsState:
+    """What one scrape renders: published by the main loop, never changed after."""
 
-    def __init__(self, aggregates: AggregateReader, labels: Sequence[str] = DEFAULT_LABELS,
+    generation: int
+    listeners: Snapshot
+    drops: tuple[tuple[tuple[str, ...], _DropSeries], ...] = ()
+    lost: tuple[tuple[str, int], ...] = (("ring_buffer", 0), ("output_stalled", 0))
+    drop_overflow: int = 0
+
+
+class MetricsSink(KernelCountedSink):
+    """A sink (drops, lost events) and a prometheus_client collector of the latest
+    published state. Only the main loop (handle, tick, refresh) reads the kernel maps and
+    the resolver; ``collect``, ``request_fresh`` and ``health`` are for the scrape thread
+    and read nothing but ``state``."""
+
+    def __init__(self, listeners: Union[ListenerTable, AggregateSource],
+                 labels: Sequence[str] = DEFAULT_LABELS,
                  container_of: Optional[ContainerOf] = None, ttl_s: float = DEFAULT_TTL_S,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         unknown = [name for name in labels if name not in KNOWN_LABELS]
         if unknown:
             raise ValueError(f"unknown metrics labels: {', '.join(unknown)}")
-        self.aggregates = aggregates
+        if not isinstance(listeners, ListenerTable):
+            listeners = ListenerTable(listeners, ttl_s, container_of, clock_ns)
+        self.table = listeners
         self.labels = tuple(labels)
-        self.container_of = container_of or _no_container
-        self.ttl_ns = int(ttl_s * 1e9)
+        self.ttl_ns = self.table.ttl_ns
         self.clock_ns = clock_ns
-        self._lock = threading.Lock()
         self._drops: dict[tuple[str, ...], _DropSeries] = {}
         self._drop_overflow = 0
-        self._lost: dict[str, int] = {"ring_buffer": 0}  # exported at 0, so alerts can rate()
+        # Exported at 0 from the start, so that alerts can rate() them.
+        self._lost: dict[str, int] = {"ring_buffer": 0, "output_stalled": 0}
+        self.state = MetricsState(0, EMPTY)
+        self._asked = 0  # the generation a waiting scrape wants (set by the scrape thread)
+        self._next_refresh = 0.0
+        self.last_tick: Optional[float] = None
+        self.on_publish: list[Callable[[], None]] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    # -- sink --
+    # -- sink (main thread) --
 
-    def handle(self, items: Sequence[Item]) -> None:
-        if not items:
-            return
-        kind = type(items[0])
-        if kind is Drop:
-            with self._lock:
-                for r in items:
-                    self._count_drop(r)  # type: ignore[arg-type]
-        elif kind is Lost:
-            with self._lock:
-                for lost in items:
-                    reason = lost.reason.replace(" ", "_")  # type: ignore[union-attr]
-                    self._lost[reason] = self._lost.get(reason, 0) + lost.count  # type: ignore
-        # Accept items (lines printed too): the kernel has counted them already.
+    def count_lost(self, lost: Lost) -> None:
+        reason = lost.reason.replace(" ", "_")
+        self._lost[reason] = self._lost.get(reason, 0) + lost.count
 
-    def _count_drop(self, r: Drop) -> None:
+    def count_drop(self, r: Drop) -> None:
         values = self._values(r.laddr, r.lport, r.netns, r.container, r.comm or "")
         series = self._drops.get(values)
         now = self.clock_ns()
@@ -139,15 +130,54 @@ class MetricsSink:
             if len(self._drops) >= MAX_DROP_SERIES:
                 self._drop_overflow += 1
                 return
-            series = self._drops[values] = _DropSeries(0, 0, 0, now)
-        series.dropped += r.dropped
-        series.backlog, series.backlog_max, series.seen_ns = r.backlog, r.backlog_max, now
+            series = _DropSeries(0, 0, 0, now)
+        self._drops[values] = _DropSeries(series.dropped + r.dropped, r.backlog,
+                                          r.backlog_max, now)
 
     def tick(self, now: float) -> None:
-        pass
+        """Every loop turn: a heartbeat for /healthz; a new state when a scrape waits for
+        one, else every REFRESH_EVERY_S (idle listeners expire on time without scrapes)."""
+        self.last_tick = now
+        if self._asked > self.state.generation or now >= self._next_refresh:
+            self._next_refresh = now + REFRESH_EVERY_S
+            self.refresh()
+
+    def refresh(self) -> MetricsState:
+        """Read the listener table, expire idle drop series, publish the new state."""
+        listeners = self.table.refresh()
+        now = listeners.taken_ns
+        for values in [v for v, d in self._drops.items() if now - d.seen_ns > self.ttl_ns]:
+            del self._drops[values]
+        self.state = MetricsState(self.state.generation + 1, listeners,
+                                  tuple(self._drops.items()), tuple(sorted(self._lost.items())),
+                                  self._drop_overflow)
+        for published in self.on_publish:
+            published()
+        return self.state
 
     def close(self) -> None:
         pass
+
+    # -- for the scrape thread --
+
+    @property
+    def generation(self) -> int:
+        return self.state.generation
+
+    def request_fresh(self) -> int:
+        """Ask the main loop for a state read after now; returns its generation."""
+        wanted = self.state.generation + 1
+        self._asked = max(self._asked, wanted)
+        return wanted
+
+    def health(self) -> Optional[str]:
+        """None while the main loop ticks (the tracer is attached), else why not."""
+        if self.last_tick is None:
+            return "the tracer is not attached yet"
+        age = time.monotonic() - self.last_tick
+        if age > HEALTHY_TICK_AGE_S:
+            return f"the main loop last ticked {age:.1f} s ago"
+        return None
 
     # -- labels --
 
@@ -163,11 +193,6 @@ class MetricsSink:
                  "pod": escape_text(container.pod or "") if container else ""}
         return tuple(known[name] for name in self.labels)
 
-    def _listener_values(self, key: ListenerKey, totals: ListenerTotals) -> tuple[str, ...]:
-        wants_container = any(n in self.labels for n in ("container", "namespace", "pod"))
-        container = self.container_of(key.cgroup_id) if wants_container else None
-        return self._values(key.laddr, key.lport, key.netns, container, totals.comm)
-
     # -- collector --
 
     def describe(self) -> list[Metric]:
@@ -175,70 +200,61 @@ class MetricsSink:
         return list(self._families())
 
     def _families(self) -> Iterator[Metric]:
-        labels = list(self.labels)
-        yield CounterMetricFamily("tcpaccept_accepts", "TCP connections accepted",
-                                  labels=labels)
-        yield HistogramMetricFamily("tcpaccept_queue_latency_seconds",
-                                    "Time from ESTABLISHED to accept() (log2 buckets)",
-                                    labels=labels)
-        yield GaugeMetricFamily("tcpaccept_listen_backlog",
-                                "Listener accept queue length at its last accept or sample",
-                                labels=labels)
-        yield GaugeMetricFamily("tcpaccept_listen_backlog_max",
-                                "Listener accept queue limit", labels=labels)
-        yield CounterMetricFamily("tcpaccept_listen_drops",
-                                  "Connections a listener dropped on a full queue",
-                                  labels=labels)
-        yield CounterMetricFamily("tcpaccept_lost_events",
-                                  "Events that never reached the output", labels=["reason"])
-        yield CounterMetricFamily("tcpaccept_aggregation_overflow",
-                                  "Items not counted because a bounded table was full",
-                                  labels=["map"])
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                 "histogram": HistogramMetricFamily}
+        for name, kind, doc in FAMILIES:
+            labels = {LOST: ["reason"], OVERFLOW: ["map"]}.get((name, kind, doc),
+                                                               list(self.labels))
+            yield kinds[kind](name, doc, labels=labels)
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            return iter(self._collect_locked())
+        return iter(self.render(self.state))
 
-    def _collect_locked(self) -> list[Metric]:
-        now = self.clock_ns()
-        listeners = self.aggregates.read_listeners()
-        for key in self.aggregates.expire(listeners, now, self.ttl_ns):
-            del listeners[key]
-        for values in [v for v, d in self._drops.items() if now - d.seen_ns > self.ttl_ns]:
-            del self._drops[values]
-        series: dict[tuple[str, ...], _Series] = {}
-        for key, totals in listeners.items():
-            series.setdefault(self._listener_values(key, totals), _Series()).add(totals)
-        for values, drop in self._drops.items():
-            s = series.setdefault(values, _Series())
+    def series(self, state: MetricsState) -> dict[tuple[str, ...], Series]:
+        """The state's listeners and drop series merged by label values (labels left out
+        merge several kernel keys into one series)."""
+        series: dict[tuple[str, ...], Series] = {}
+        for row in state.listeners.listeners.values():
+            values = self._values(row.key.laddr, row.key.lport, row.key.netns,
+                                  row.container, row.totals.comm)
+            series.setdefault(values, Series()).add(row.totals)
+        for values, drop in state.drops:
+            s = series.setdefault(values, Series())
             s.drops = drop.dropped
             s.backlog_max = max(s.backlog_max, drop.backlog_max)
             if drop.seen_ns > s.last_seen_ns:  # a sample newer than the last accept
                 s.last_seen_ns, s.backlog = drop.seen_ns, drop.backlog
+        return series
+
+    @staticmethod
+    def _overflow(state: MetricsState) -> list[tuple[str, int]]:
+        return [("listener_stats", state.listeners.listeners_overflow),
+                ("drop_series", state.drop_overflow)]
+
+    def exposition(self, openmetrics: bool, state: Optional[MetricsState] = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> bytearray:
+        """The body of a scrape of ``state`` (the latest), written directly; raises
+        exposition.Cancelled when ``cancelled()`` turns true."""
+        state = state or self.state
+        return exposition.render(self.labels, self.series(state), state.lost,
+                                 self._overflow(state), openmetrics, cancelled)
+
+    def render(self, state: MetricsState) -> list[Metric]:
+        """The metric families of one published state (no map, no resolver), for
+        prometheus_client's encoders."""
         accepts, latency, backlog, backlog_max, drops, lost, overflow = self._families()
-        for values, s in series.items():
+        for values, s in self.series(state).items():
             labels = list(values)
             if s.slots is not None:
                 accepts.add_metric(labels, s.accepts)
-                latency.add_metric(labels, _buckets(s.slots, s.latency_count),
+                latency.add_metric(labels, buckets(s.slots, s.latency_count),
                                    s.latency_sum_ns / 1e9)
             backlog.add_metric(labels, s.backlog)
             backlog_max.add_metric(labels, s.backlog_max)
-            if values in self._drops:
+            if s.drops is not None:
                 drops.add_metric(labels, s.drops)
-        for reason, count in sorted(self._lost.items()):
+        for reason, count in state.lost:
             lost.add_metric([reason], count)
-        overflow.add_metric(["listener_stats"], self.aggregates.listeners_overflow())
-        overflow.add_metric(["drop_series"], self._drop_overflow)
+        for table, count in self._overflow(state):
+            overflow.add_metric([table], count)
         return [accepts, latency, backlog, backlog_max, drops, lost, overflow]
-
-
-def _buckets(slots: list[int], count: int) -> list[tuple[str, float]]:
-    """Cumulative counts at each bucket edge, from the kernel's log2 slots."""
-    out, running, next_slot = [], 0, 0
-    for le, upto in BUCKETS:
-        running += sum(slots[next_slot:upto + 1])
-        next_slot = upto + 1
-        out.append((le, running))
-    out.append(("+Inf", count))
-    return out

@@ -1,23 +1,27 @@
-"""The Prometheus endpoint (--metrics): one thread, bounded sockets, nothing waits forever.
+"""The Prometheus endpoint (--metrics): one thread, bounded sockets, no client can stall it.
 
-prometheus_client's own server gives each connection a thread and keeps it as long as the
-client likes, with a listen backlog of 5; any path answers. Here instead:
+prometheus_client's own server gives each connection a thread, renders the whole body for
+every request and keeps a connection as long as the client likes. Here instead:
 
 - one selector thread serves every connection (an idle client costs an fd, never a thread
-  or CPU): the thread sleeps in select() until a socket is ready or a deadline passes;
+  or CPU); every write is non-blocking, so a client that never reads its answer only
+  holds its own socket until its deadline;
+- the body is rendered at most once per published state (and gzipped once, when asked)
+  and every client is sent the same bytes object: N clients cost N socket buffers in the
+  kernel, not N bodies here;
+- a /metrics request asks the main loop for a fresh state and waits for it (at most
+  FRESH_WAIT_S, then it gets the latest one): the loop's tick reads the kernel maps, this
+  thread never does; clients that went away while waiting are dropped before any work;
+- /healthz is cheap (never renders): 200 ``ok`` while the main loop ticks, else 503 and why;
 - at most ``max_connections`` sockets are open; a new client beyond that closes the oldest
-  one (so idle or slow clients cannot lock the scraper out), and running out of fds
-  (EMFILE) does the same, or pauses accepting for a moment, instead of spinning on accept();
+  one still to send its request, and running out of fds (EMFILE) does the same, or pauses
+  accepting for a moment, instead of spinning on accept();
 - each connection has ``timeout_s`` in total to send its request, get the answer and go
-  (one request per connection, ``Connection: close``);
-- only ``/metrics`` (the registry) and ``/`` (a pointer to it) answer GET/HEAD; other paths
-  get 404, other methods 405; a request head over 8 KiB is refused;
-- TLS with a certificate and key through the standard ``ssl`` module (TLS 1.2+); the
-  handshake runs inside the same non-blocking loop, so a client that stalls it is just
-  another idle socket.
+  (one request per connection, ``Connection: close``); a head over 8 KiB is refused;
+- TLS through the standard ``ssl`` module (TLS 1.2+), its handshake inside the same loop.
 
-From prometheus-client (>= 0.16, as pinned) only ``exposition.choose_encoder`` is used: it
-picks the text or OpenMetrics format from the Accept header, like its own server does.
+From prometheus-client only ``exposition.choose_encoder`` is used: it picks the text or
+OpenMetrics format from the Accept header, like its own server does.
 """
 
 from __future__ import annotations
@@ -25,103 +29,93 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
-import ipaddress
 import selectors
 import socket
 import ssl
 import threading
 import time
-from typing import Optional, TextIO
+from typing import Any, Callable, Optional, Protocol
 
 from prometheus_client.exposition import choose_encoder
 
-from .errors import TcpacceptError
+from .exposition import Cancelled
+from .metrics_http import (  # noqa: F401 - exposure_warning, warn_if_exposed: public here
+    LANDING_PAGE,
+    MAX_REQUEST_HEAD,
+    Request,
+    exposure_warning,
+    hung_up,
+    listen_socket,
+    parse_request,
+    response,
+    response_head,
+    return_big_buffers_to_the_kernel,
+    tls_context,
+    warn_if_exposed,
+)
 
 MAX_CONNECTIONS = 64
 TIMEOUT_S = 10.0
-LISTEN_BACKLOG = 128
-MAX_REQUEST_HEAD = 8192
 EMFILE_PAUSE_S = 0.5
+MAX_PINNED_BYTES = 24 << 20  # bodies still being sent, all together: ~2.5 of 4,096 listeners
+FRESH_WAIT_S = 1.0  # a scrape waits this long for the main loop's next state at most
+OPENMETRICS = "application/openmetrics-text"
 _ERRNO_NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-LANDING_PAGE = (b"<html><head><title>tcpaccept</title></head><body>"
-                b'<a href="/metrics">Metrics</a></body></html>\n')
 
 
-def exposure_warning(address: str, port: int) -> Optional[str]:
-    """The one warning line for a wildcard bind (0.0.0.0, ::), else None."""
-    if not ipaddress.ip_address(address).is_unspecified:
-        return None
-    return (f"warning: --metrics {_host_port(address, port)} listens on every address: "
-            f"anyone who can reach port {port} reads the process names, listener addresses "
-            f"and ports of this host; bind a specific address or firewall the port")
+class StateSource(Protocol):
+    """What the server needs of metrics.MetricsSink (all safe from this thread)."""
 
+    on_publish: list[Callable[[], None]]
 
-def warn_if_exposed(address: str, port: int, err: TextIO) -> None:
-    """Print exposure_warning on err (the CLI calls this before it starts the server)."""
-    line = exposure_warning(address, port)
-    if line is not None:
-        err.write(f"tcpaccept: {line}\n")
-        err.flush()
-
-
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """A server context for the certificate and key; a bad pair is one TcpacceptError."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except (ssl.SSLError, OSError) as exc:
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-        raise TcpacceptError(
-            f"--metrics-tls-cert {certfile} --metrics-tls-key {keyfile}: cannot use them "
-            f"as a TLS certificate and key ({reason})", exit_code=2) from None
-    return context
+    @property
+    def state(self) -> Any: ...  # a PublishedState, immutable
+    def request_fresh(self) -> int: ...
+    def health(self) -> Optional[str]: ...
+    def exposition(self, openmetrics: bool, state: Any,
+                   cancelled: Callable[[], bool]) -> bytes: ...
 
 
 class _Connection:
-    __slots__ = ("sock", "deadline", "request", "reply", "handshaking")
+    __slots__ = ("sock", "deadline", "request", "reply", "handshaking", "waiting", "body")
 
     def __init__(self, sock: socket.socket, deadline: float, handshaking: bool) -> None:
         self.sock = sock
         self.deadline = deadline
         self.request = bytearray()
-        self.reply: Optional[memoryview] = None
+        self.reply: Optional[list[memoryview]] = None  # head, body: views, never copies
         self.handshaking = handshaking
+        # (parsed request, generation wanted, serve the latest after) while it waits
+        self.waiting: Optional[tuple[Request, int, float]] = None
+        self.body: Optional[bytes | bytearray] = None  # the shared body it is being sent
 
 
 class MetricsServer:
-    """Serves ``registry`` on address:port. Binds at construction (OSError propagates);
-    ``with`` serves on a daemon thread and, on exit, stops it and closes every socket."""
+    """Serves ``registry`` (or ``source``'s published state) on address:port. Binds at
+    construction (OSError propagates); ``with`` serves on a daemon thread and, on exit,
+    stops it and closes every socket."""
 
     def __init__(self, address: str, port: int, registry: object,
                  certfile: Optional[str] = None, keyfile: Optional[str] = None, *,
-                 max_connections: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S) -> None:
+                 max_connections: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S,
+                 source: Optional[StateSource] = None) -> None:
         self.registry = registry
+        self.source = source
         self.max_connections = max_connections
         self.timeout_s = timeout_s
         self._tls = tls_context(certfile, keyfile) if certfile and keyfile else None
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and ipaddress.ip_address(address).is_unspecified:
-                self._listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self._listener.bind((address, port))
-            self._listener.listen(LISTEN_BACKLOG)
-            self._listener.setblocking(False)
-        except OSError:
-            self._listener.close()
-            raise
+        self._listener = listen_socket(address, port)
         self.port: int = self._listener.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._connections: dict[socket.socket, _Connection] = {}  # oldest first
         self._paused_until = 0.0
         self._stopping = False
+        self._bodies: dict[tuple[str, bool], tuple[str, bytes]] = {}
+        self._bodies_generation = -1
+        self.renders = 0  # bodies rendered (a test counts them)
         self.errors = 0  # scrapes answered 500 because the registry raised
         self.last_error = ""
         self._thread = threading.Thread(target=self._serve, name="tcpaccept-metrics",
@@ -130,8 +124,11 @@ class MetricsServer:
     # -- lifetime --
 
     def __enter__(self) -> MetricsServer:
+        return_big_buffers_to_the_kernel()
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
+        if self.source is not None:
+            self.source.on_publish.append(self.wake)
         self._thread.start()
         return self
 
@@ -141,14 +138,21 @@ class MetricsServer:
     def close(self) -> None:
         """Stop serving and close every socket; idempotent."""
         self._stopping = True
+        if self.source is not None and self.wake in self.source.on_publish:
+            self.source.on_publish.remove(self.wake)
         if self._thread.is_alive():
-            self._wake_w.send(b"x")
+            self.wake()
             self._thread.join(5)
         for conn in list(self._connections.values()):
             self._drop(conn)
         self._selector.close()
         for sock in (self._listener, self._wake_r, self._wake_w):
             sock.close()
+
+    def wake(self) -> None:
+        """From any thread: a new state is published (or we stop)."""
+        with contextlib.suppress(OSError):  # full (a wake is pending anyway) or closed
+            self._wake_w.send(b"x")
 
     def open_connections(self) -> int:
         return len(self._connections)
@@ -165,15 +169,21 @@ class MetricsServer:
                 if key.fileobj is self._listener:
                     self._accept()
                 elif key.fileobj is self._wake_r:
-                    return
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_r.recv(4096)
+                    if self._stopping:
+                        return
                 else:
                     conn = self._connections.get(key.fileobj)  # type: ignore[call-overload]
                     if conn is not None:
                         self._service(conn, mask)
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._answer_waiting(now)
+            self._expire(now)
 
     def _next_timeout(self, now: float) -> Optional[float]:
         deadlines = [conn.deadline for conn in self._connections.values()]
+        deadlines += [c.waiting[2] for c in self._connections.values() if c.waiting]
         if self._paused_until:
             deadlines.append(self._paused_until)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -224,7 +234,8 @@ class MetricsServer:
         """Make room: the oldest client still to send its request (an answer under way is
         let go only when every connection is answering)."""
         conns = self._connections.values()
-        self._drop(next((c for c in conns if c.reply is None), next(iter(conns))))
+        self._drop(next((c for c in conns if c.reply is None and c.waiting is None),
+                        next(iter(conns))))
 
     def _drop(self, conn: _Connection) -> None:
         self._connections.pop(conn.sock, None)
@@ -232,23 +243,20 @@ class MetricsServer:
             self._selector.unregister(conn.sock)
         conn.sock.close()
 
-    def _wait_for(self, conn: _Connection, events: int) -> None:
-        self._selector.modify(conn.sock, events)
-
     def _service(self, conn: _Connection, mask: int) -> None:
         try:
             if conn.handshaking:
                 conn.sock.do_handshake()  # type: ignore[attr-defined]
                 conn.handshaking = False
-                self._wait_for(conn, selectors.EVENT_READ)
+                self._selector.modify(conn.sock, selectors.EVENT_READ)
             if conn.reply is None:
                 self._read(conn)
             if conn.reply is not None:
                 self._send(conn)
         except ssl.SSLWantReadError:
-            self._wait_for(conn, selectors.EVENT_READ)
+            self._selector.modify(conn.sock, selectors.EVENT_READ)
         except ssl.SSLWantWriteError:
-            self._wait_for(conn, selectors.EVENT_WRITE)
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # reset, TLS alert, bad certificate: this client only
@@ -257,74 +265,133 @@ class MetricsServer:
     def _read(self, conn: _Connection) -> None:
         while True:
             data = conn.sock.recv(4096)
-            if not data:
+            if not data:  # gone (also while it waits for a fresh state)
                 self._drop(conn)
                 return
+            if conn.waiting is not None:  # bytes after the head: not ours to serve
+                continue
             conn.request += data
             if b"\r\n\r\n" in conn.request:
-                conn.reply = memoryview(self._safe_answer(bytes(conn.request)))
-                self._wait_for(conn, selectors.EVENT_WRITE)
+                self._route(conn, parse_request(bytes(conn.request)))
                 return
             if len(conn.request) > MAX_REQUEST_HEAD:
-                conn.reply = memoryview(_response(431, "Request Header Fields Too Large"))
-                self._wait_for(conn, selectors.EVENT_WRITE)
+                self._reply(conn, response(431, "Request Header Fields Too Large"))
                 return
             # TLS may hold decrypted bytes the socket no longer signals: read them now.
             if not getattr(conn.sock, "pending", lambda: 0)():
                 return
 
+    def _route(self, conn: _Connection, request: Request | bytes) -> None:
+        if isinstance(request, bytes):
+            self._reply(conn, request)
+        elif request.path == "/":
+            self._reply(conn, response(200, "OK", LANDING_PAGE, "text/html; charset=utf-8",
+                                       head_only=request.head_only))
+        elif request.path == "/healthz":
+            reason = self.source.health() if self.source is not None else None
+            body = b"ok\n" if reason is None else f"{reason}\n".encode()
+            self._reply(conn, response(200 if reason is None else 503,
+                                       "OK" if reason is None else "Service Unavailable",
+                                       body, head_only=request.head_only))
+        elif self.source is None:
+            self._reply_metrics(conn, request)
+        else:  # wait for the main loop's next state; the selector reports a hang-up
+            wanted = self.source.request_fresh()
+            conn.waiting = (request, wanted, time.monotonic() + FRESH_WAIT_S)
+
+    def _answer_waiting(self, now: float) -> None:
+        generation = self.source.state.generation if self.source is not None else 0
+        for conn in [c for c in self._connections.values() if c.waiting]:
+            request, wanted, latest_after = conn.waiting  # type: ignore[misc]
+            if generation < wanted and now < latest_after:
+                continue
+            if hung_up(conn.sock):  # left while it waited: no work for it
+                self._drop(conn)
+                continue
+            conn.waiting = None
+            self._reply_metrics(conn, request)
+            if conn.sock in self._connections:
+                self._service(conn, selectors.EVENT_WRITE)
+
+    def _reply(self, conn: _Connection, whole: bytes) -> None:
+        conn.reply = [memoryview(whole)]
+        self._selector.modify(conn.sock, selectors.EVENT_WRITE)
+
+    def _reply_metrics(self, conn: _Connection, request: Request) -> None:
+        try:
+            content_type, body = self._body(request)
+        except Cancelled:  # stopping: no answer
+            self._drop(conn)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever a collector raises
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._reply(conn, response(500, "Internal Server Error",
+                                       f"500 {type(exc).__name__}\n".encode()))
+            return
+        extra = "Content-Encoding: gzip\r\n" if request.gzip else ""
+        head = response_head(200, "OK", len(body), content_type, extra)
+        conn.reply = [memoryview(head)] + ([] if request.head_only else [memoryview(body)])
+        conn.body = None if request.head_only else body
+        self._selector.modify(conn.sock, selectors.EVENT_WRITE)
+        self._bound_pinned_bodies()
+
+    def _bound_pinned_bodies(self) -> None:
+        """A client still being sent an older body keeps it alive. Past MAX_PINNED_BYTES of
+        distinct bodies, the clients of the oldest non-current ones go: memory is bounded
+        by design, whatever the clients do (a scraper that reads takes a body in well
+        under a second; one that does not read loses nothing it would have read)."""
+        current = {id(body) for _, body in self._bodies.values()}
+        pinned: dict[int, tuple[int, list[_Connection]]] = {}
+        for conn in self._connections.values():  # oldest first
+            if conn.body is not None:
+                pinned.setdefault(id(conn.body), (len(conn.body), []))[1].append(conn)
+        total = sum(size for size, _ in pinned.values())
+        for key, (size, holders) in pinned.items():
+            if total <= MAX_PINNED_BYTES:
+                return
+            if key not in current:
+                for conn in holders:
+                    self._drop(conn)
+                total -= size
+
+    def _body(self, request: Request) -> tuple[str, bytes]:
+        """(content type, body): rendered once per published state, format and encoding;
+        every client of that state gets the same bytes object."""
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        source = self.source
+        if source is None:  # a plain registry (tests): it may change at any time
+            self._bodies.clear()
+            state = None
+        else:
+            state = source.state
+            if state.generation != self._bodies_generation:
+                self._bodies.clear()
+                self._bodies_generation = state.generation
+        key = (content_type, request.gzip)
+        cached = self._bodies.get(key)
+        if cached is None:
+            plain = self._bodies.get((content_type, False))
+            if plain is None:
+                self.renders += 1
+                if source is None:
+                    body = encoder(self.registry)  # type: ignore[arg-type]
+                else:
+                    body = source.exposition(content_type.startswith(OPENMETRICS), state,
+                                             lambda: self._stopping)
+                plain = self._bodies[(content_type, False)] = (content_type, body)
+            cached = plain
+            if request.gzip:
+                cached = (content_type, gzip.compress(plain[1], compresslevel=1))
+                self._bodies[key] = cached
+        return cached
+
     def _send(self, conn: _Connection) -> None:
         reply = conn.reply
         assert reply is not None
         while reply:
-            sent = conn.sock.send(reply)
-            reply = conn.reply = reply[sent:]
+            sent = conn.sock.send(reply[0])
+            reply[0] = reply[0][sent:]
+            if not reply[0]:
+                reply.pop(0)
         self._drop(conn)  # Connection: close
-
-    def _safe_answer(self, request: bytes) -> bytes:
-        """A collector that raises (say, a label the exposition cannot encode) costs that
-        scrape a 500, never the server thread."""
-        try:
-            return self._answer(request)
-        except Exception as exc:  # noqa: BLE001 - whatever a collector raises
-            self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return _response(500, "Internal Server Error",
-                             f"500 {type(exc).__name__}\n".encode())
-
-    def _answer(self, request: bytes) -> bytes:
-        head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-        lines = head.split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return _response(400, "Bad Request")
-        method, target = parts[0], parts[1]
-        path = target.split("?", 1)[0]
-        if path not in ("/", "/metrics"):
-            return _response(404, "Not Found")
-        if method not in ("GET", "HEAD"):
-            return _response(405, "Method Not Allowed", extra="Allow: GET, HEAD\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if path == "/":
-            body, content_type, encoding = LANDING_PAGE, "text/html; charset=utf-8", ""
-        else:
-            encoder, content_type = choose_encoder(headers.get("accept", ""))
-            body = encoder(self.registry)  # type: ignore[arg-type]
-            encoding = ""
-            if "gzip" in headers.get("accept-encoding", ""):
-                body, encoding = gzip.compress(body, compresslevel=1), "Content-Encoding: gzip\r\n"
-        return _response(200, "OK", body, content_type, extra=encoding,
-                         head_only=method == "HEAD")
-
-
-def _response(status: int, reason: str, body: Optional[bytes] = None,
-              content_type: str = "text/plain; charset=utf-8", extra: str = "",
-              head_only: bool = False) -> bytes:
-    if body is None:
-        body = f"{status} {reason}\n".encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
-    return head.encode("latin-1") + (b"" if head_only else body)

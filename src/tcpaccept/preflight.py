@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import re
@@ -131,3 +132,40 @@ def tracefs_ids_unreadable() -> Optional[str]:
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror}"
     return None
+
+
+# bpf(2) by machine; a command no kernel knows: the kernel answers EINVAL to a holder of
+# CAP_BPF, so EPERM/ENOSYS comes from a filter in front of the syscall, not from the kernel.
+SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+BPF_UNKNOWN_CMD = 0x7FFF
+SECCOMP_FIX = ("use the Localhost profile deploy/kubernetes/seccomp/tcpaccept.json (the "
+               "runtime default with bpf and perf_event_open allowed for CAP_BPF/CAP_PERFMON), "
+               "or a runtime whose default allows them (containerd >= 1.7, "
+               "containers-common >= 0.60)")
+
+
+def seccomp_mode(status: str = "/proc/self/status") -> int:
+    """0 none, 1 strict, 2 filter (what a container runtime's profile installs)."""
+    try:
+        with open(status) as lines:
+            for line in lines:
+                if line.startswith("Seccomp:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def seccomp_refusal(machine: str = "") -> Optional[str]:
+    """One line naming seccomp and the fix when a seccomp filter refuses bpf(), else None."""
+    number = SYS_BPF.get(machine or platform.machine())
+    if number is None or seccomp_mode() != 2:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, BPF_UNKNOWN_CMD, None, 0) != -1:
+        return None
+    err = ctypes.get_errno()
+    if err not in (errno.EPERM, errno.ENOSYS):
+        return None
+    return (f"bpf() is refused by this process's seccomp filter (Seccomp: 2 in "
+            f"/proc/self/status; bpf answers {errno.errorcode[err]}): {SECCOMP_FIX}")

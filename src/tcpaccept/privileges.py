@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .containers.runtimes import CONTAINERD_TASKS, DOCKER_CONTAINERS, STORAGE_DIRS
+from .containers.runtimes import CONTAINERD_TASK_DIRS, DOCKER_CONTAINERS, STORAGE_DIRS
 from .preflight import effective_caps
 
 CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 19, 21
@@ -51,7 +51,7 @@ def container_names_warning(host_root: str = "/") -> Optional[str]:
     names come from the runtimes' state directories, root-only (0700) on Debian."""
     if os.geteuid() == 0 or _has(CAP_DAC_READ_SEARCH):
         return None  # uid 0 owns them (the DaemonSet: root with BPF + PERFMON only)
-    dirs = (CONTAINERD_TASKS, DOCKER_CONTAINERS) + STORAGE_DIRS
+    dirs = CONTAINERD_TASK_DIRS + (DOCKER_CONTAINERS,) + STORAGE_DIRS
     unreadable = [path for path in (os.path.join(host_root, d) for d in dirs)
                   if _unreadable(path)]
     if not unreadable:

@@ -19,6 +19,8 @@ BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 POLL_MS = 50
 DROPS_POLL_S = 1.0
 LOST_CHECK_S = 1.0
+# How long a stop may drain the ring (a full 4 MiB ring, ~37k rows, takes ~0.2 s).
+DRAIN_S = 0.3
 
 
 class RecordSource(Protocol):
@@ -29,20 +31,36 @@ class RecordSource(Protocol):
 
 
 class DropSource(Protocol):
+    # How often poll() is worth calling: sock_diag samples in poll() (once a second); the
+    # listener table reads on its own thread, and poll() only looks for a newer read.
+    poll_interval_s: float
+
     def poll(self) -> list[Drop]: ...
     def flush(self) -> list[Drop]: ...
     def warnings(self) -> list[str]: ...
 
 
+# SIGHUP is a closed terminal (or an ssh session gone): the default action would kill us
+# mid-batch, without the drain, the flush and the total line that SIGTERM gets.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the poll returns early (EINTR) and the loop ends."""
+    """Set by SIGINT/SIGTERM/SIGHUP (the poll returns early, EINTR) or by ``request`` (the
+    output's reader went away: any thread); the loop ends within one POLL_MS."""
 
     def __init__(self) -> None:
         self.set = False
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
+            # `nohup tcpaccept` ignores SIGHUP on purpose: an inherited SIG_IGN stays.
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
             signal.signal(signum, self._on_signal)
+
+    def request(self) -> None:
+        self.set = True
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.set = True
@@ -76,7 +94,8 @@ class _DropPoller:
             reports = poll()
         except DropMonitorError as exc:
             if not self._failing:  # once per outage, not once a second
-                self._warn(f"listener drops: {exc} (retrying every {DROPS_POLL_S:g} s)")
+                self._warn(f"listener drops: {exc} (retrying every "
+                           f"{self._drops.poll_interval_s:g} s)")
             self._failing = True
             return []
         if self._failing:
@@ -111,7 +130,7 @@ def run(
     poller = _DropPoller(drops, warn) if drops is not None else None
     seen = 0
     next_lost_check = 0.0
-    next_drops_poll = time.monotonic() + DROPS_POLL_S
+    next_drops_poll = time.monotonic() + (drops.poll_interval_s if drops else DROPS_POLL_S)
 
     def deliver(records: list[bytes]) -> bool:
         """Decode and hand on; True when the count is reached."""
@@ -139,12 +158,19 @@ def run(
             for chore in every_second:
                 chore()
             next_lost_check = now + LOST_CHECK_S
-        if poller is not None and now >= next_drops_poll:
+        if poller is not None and drops is not None and now >= next_drops_poll:
             sink.handle(poller.poll())
-            next_drops_poll = now + DROPS_POLL_S
+            next_drops_poll = now + drops.poll_interval_s
         sink.tick(now)
-    # Drain what is already queued so that a stop never drops accepted events silently.
+    # Drain what is already queued so that a stop never drops accepted events silently;
+    # but for at most DRAIN_S: under a flood that outpaces us (a starved CPU) the ring
+    # never empties, and a stop must still be a stop (SIGTERM within 1 s).
+    drain_until = time.monotonic() + DRAIN_S
     while not done:
+        if time.monotonic() >= drain_until:
+            warn(f"stopped draining after {DRAIN_S:g} s (accepts kept arriving): rows "
+                 "still queued in the kernel ring at exit are not shown")
+            break
         records = tracer.poll(0)
         if not records:
             break

@@ -19,7 +19,14 @@ from . import iouring, libbpf, preflight, privileges, probes
 from .aggregate import AggregateReader
 from .config import Config, OutputConfig
 from .drops import DropMonitorError, ListenerDropMonitor
+from .drops.table_monitor import TableDropMonitor
 from .errors import TcpacceptError
+from .listeners import (
+    ListenerWatch,
+    ListenerWatchError,
+    Snapshot,
+    outside_host_pid_namespace_warning,
+)
 from .model import Drop, Lost
 from .output.clock import WallClock
 from .output.json_lines import JsonFormatter
@@ -27,13 +34,16 @@ from .output.lines import CLOSE_IDLE_S, CLOSE_TIMEOUT_S, LineSink, Output, TextO
 from .output.text import TextFormatter
 from .output.writer import BufferedText, OutputWriter
 from .pidns import pid_namespace_notice
-from .run import BANNER, StopFlag, run
+from .plan import DropPolicy, RunPlan
+from .run import BANNER, DropSource, StopFlag, run
 from .sink import LostNotices, Sink, Tee
+from .snapshot import ListenerTable
 from .summary import SummarySink
 from .tracer import Tracer
 
-if TYPE_CHECKING:  # imported where names are printed: most runs never need it
+if TYPE_CHECKING:  # imported where they are used: most runs need neither
     from .containers import ContainerResolver
+    from .metrics import MetricsSink
 
 
 def _stderr_logger(verbose: bool) -> Callable[[str], None]:
@@ -69,14 +79,17 @@ def _prepare(verbose: bool, kernel_checks: bool = True) -> None:
 
 def build_output_sink(output: OutputConfig, out: Output, start_ns: int,
                       resolver: Optional[ContainerResolver] = None,
-                      aggregates: Optional[AggregateReader] = None) -> Sink:
+                      aggregates: Optional[AggregateReader] = None,
+                      table: Optional[ListenerTable] = None,
+                      stalls_to: Optional[Callable[[Lost], None]] = None) -> Sink:
     """The sink that prints: summary tables, JSON lines or the seed's text lines."""
-    notices = LostNotices(sys.stderr)
+    notices = LostNotices(sys.stderr, stalls_to)
     if output.summary_interval:
         if aggregates is None:
             raise TcpacceptError("summary mode needs the tracer's aggregation maps")
-        return SummarySink(BufferedText(out), output.summary_interval, output.json, notices,
-                           aggregates, resolver.resolve if resolver else None)
+        return SummarySink(BufferedText(out, notices), output.summary_interval, output.json,
+                           notices, aggregates, resolver.resolve if resolver else None,
+                           table=table)
     cgroup_path = None
     if output.extended and resolver is not None:
         def cgroup_path(cgroup_id: int) -> str:
@@ -100,12 +113,13 @@ class FilteredDrops:
     """Listener drops for the processes (and containers) the user asked about, named with
     their owner's container (ports filter in netlink already)."""
 
-    def __init__(self, config: Config, monitor: ListenerDropMonitor,
+    def __init__(self, config: Config, monitor: DropSource,
                  resolver: Optional[ContainerResolver]) -> None:
         self.config = config
         self.monitor = monitor
         self.resolver = resolver
         self.monitor.poll()  # the baseline: drops from before tracing are not reported
+        self.poll_interval_s = monitor.poll_interval_s
 
     def _wanted(self, reports: Sequence[Drop]) -> list[Drop]:
         c = self.config
@@ -129,14 +143,21 @@ class FilteredDrops:
     def warnings(self) -> list[str]:
         return self.monitor.warnings()
 
+    def listeners(self) -> Optional[Snapshot]:
+        """The latest listener table (every listener, not filtered); None on the sock_diag
+        fallback, which keeps no table."""
+        return self.monitor.listeners() if isinstance(self.monitor, TableDropMonitor) else None
 
-def _metrics_server(registry: object, output: OutputConfig) -> contextlib.AbstractContextManager:
+
+def _metrics_server(metrics: MetricsSink, output: OutputConfig
+                    ) -> contextlib.AbstractContextManager:
     from .metrics_server import MetricsServer, warn_if_exposed
 
+    assert output.metrics is not None
     address, port = output.metrics
     try:
-        server = MetricsServer(address, port, registry, output.metrics_tls_cert,
-                               output.metrics_tls_key)
+        server = MetricsServer(address, port, metrics.registry, output.metrics_tls_cert,
+                               output.metrics_tls_key, source=metrics)
     except OSError as exc:
         raise TcpacceptError(f"--metrics {address}:{port}: cannot listen: "
                              f"{exc.strerror or exc}") from None
@@ -144,62 +165,85 @@ def _metrics_server(registry: object, output: OutputConfig) -> contextlib.Abstra
     return server
 
 
-def _open_drop_monitor(config: Config) -> ListenerDropMonitor:
+def _open_drop_monitor(config: Config) -> TableDropMonitor | ListenerDropMonitor:
+    """The kernel's listener table (every network namespace, owners, with CAP_BPF +
+    CAP_PERFMON); sock_diag where the kernel has no usable task_file iterator (before 5.8,
+    or without the fields it reads): one line says which and why."""
+    ports = frozenset(config.lports) if config.lports else None
     try:
-        return ListenerDropMonitor(ports=config.lports or None)
+        watch = ListenerWatch()
+    except ListenerWatchError as exc:
+        return _sock_diag_monitor(ports, str(exc))
+    try:
+        watch.start()  # the baseline read
+    except ListenerWatchError as exc:
+        watch.close()
+        return _sock_diag_monitor(ports, str(exc))
+    hidden = outside_host_pid_namespace_warning()
+    if hidden:
+        _warn(f"listener table: {hidden}")
+    return TableDropMonitor(watch, ports)
+
+
+def _sock_diag_monitor(ports: Optional[frozenset[int]], why: str) -> ListenerDropMonitor:
+    _warn(f"listener drops through sock_diag: the listener iterator is not usable ({why})")
+    try:
+        monitor = ListenerDropMonitor(ports=ports)
     except DropMonitorError as exc:
         raise TcpacceptError(f"cannot watch listener drops: {exc}") from None
+    _warn_if(privileges.drops_warning())  # sock_diag's privileges, not the iterator's
+    return monitor
 
 
-def _needs_containers(config: Config, output: OutputConfig) -> bool:
-    """Container names cost a cgroup walk at start and a dict hit per event: only when
-    something shows, filters or labels by them."""
-    labelled = output.metrics and {"container", "namespace", "pod"} & set(output.metrics_labels)
-    return bool(output.json or output.extended or output.summary_interval or labelled
-                or config.containers)
-
-
-def _open_output(out: Optional[TextIO]) -> Output:
+def _open_output(out: Optional[TextIO], on_closed: Callable[[], None]) -> Output:
     """stdout through the writer thread (a stalled reader never blocks the loop or the
-    signals); a caller's TextIO (tests, benchmarks) directly."""
+    signals; a reader gone calls on_closed at once); a caller's TextIO (tests, benchmarks)
+    directly."""
     if out is not None:
         return TextOutput(out)
     sys.stdout.flush()
-    return OutputWriter(sys.stdout.fileno())
+    return OutputWriter(sys.stdout.fileno(), on_closed=on_closed)
 
 
 def _finish_output(lines_out: Output) -> None:
-    """Give queued lines (summary tables at exit) a moment to reach a reader that reads."""
+    """Give queued lines (summary tables at exit) a moment to reach a reader that reads;
+    the tables that never got out are said, like events."""
     try:
         lines_out.flush(CLOSE_TIMEOUT_S, idle_s=CLOSE_IDLE_S)
     finally:
         lines_out.close()
+        dropped = lines_out.dropped_reports()
+        if dropped:
+            print(f"Lost {dropped} summaries (output stalled)", file=sys.stderr, flush=True)
 
 
 def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) -> int:
     _prepare(output.verbose)
     stop = StopFlag()
     stop.install()
-    # Only JSON (or nothing, with --quiet) goes to stdout; the banner then goes to stderr.
-    messages = sys.stderr if output.json or output.quiet else (out or sys.stdout)
     try:
         with contextlib.ExitStack() as owned:
+            plan = RunPlan.of(output, config)
             # Summary and metrics count in the kernel; records only for printed lines.
-            aggregating = bool(output.summary_interval or output.metrics)
             tracer = owned.enter_context(Tracer(
-                config, _stderr_logger(output.verbose), aggregate=aggregating,
-                emit_records=not (output.summary_interval or (output.metrics and output.quiet))
-                or bool(output.count), aggregate_remotes=bool(output.summary_interval)))
-            aggregates = AggregateReader(tracer) if aggregating else None
+                config, _stderr_logger(output.verbose), aggregate=plan.aggregate,
+                emit_records=plan.emit_records, aggregate_remotes=plan.aggregate_remotes))
+            aggregates = AggregateReader(tracer) if plan.aggregate else None
             if tracer.pid_namespace is not None:  # PIDs are not the host's: say whose
                 print(f"tcpaccept: {pid_namespace_notice(tracer.pid_namespace)}",
                       file=sys.stderr, flush=True)
+            # The resolver lives on this thread only (the loop, the listener table);
+            # imported only when names are printed.
             resolver = None
-            if _needs_containers(config, output):
+            if plan.resolve_containers:
                 from .containers import ContainerResolver
-                resolver = ContainerResolver(host_root=config.host_root)
+                resolver = owned.enter_context(contextlib.closing(
+                    ContainerResolver(host_root=config.host_root)))
             if resolver is not None:  # names need root-only state directories
                 _warn_if(privileges.container_names_warning(config.host_root))
+            # One listener table for the summary and the metrics: one owner of the TTL.
+            table = (ListenerTable(aggregates, container_of=resolver.resolve if resolver
+                                   else None) if aggregates is not None else None)
             decoder = tracer.decoder(unmap_ipv4=output.unmap_ipv4,
                                      container_of=resolver.resolve if resolver else None)
             # The wall clock can be stepped (NTP, an operator) during a long run: re-read
@@ -224,32 +268,37 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
 
                 chores.append(follow_cgroup)
             drops = None
-            if output.drops or output.summary_interval or output.metrics:
+            if plan.drops is not DropPolicy.NONE:
                 # Its baseline is taken now: every drop after the banner is reported.
                 # --metrics counts drops too (the agent's drop alert), but there a monitor
                 # that cannot start is a warning, not the end: accepts still count.
                 try:
                     monitor = owned.enter_context(_open_drop_monitor(config))
                     drops = FilteredDrops(config, monitor, resolver)
-                    if output.drops or output.summary_interval:  # shown, so said
-                        _warn_if(privileges.drops_warning())
                 except TcpacceptError as exc:
-                    if output.drops or output.summary_interval:
+                    if plan.drops is DropPolicy.REQUIRED:
                         raise
                     _warn(f"{exc}; tcpaccept_listen_drops_total stays empty")
             sinks: list[Sink] = []
-            if output.metrics:
+            metrics = None
+            if plan.metrics:
                 from .metrics import MetricsSink  # prometheus_client costs 50 ms to import
 
-                metrics = MetricsSink(aggregates, output.metrics_labels,
-                                      resolver.resolve if resolver else None)
-                owned.enter_context(_metrics_server(metrics.registry, output))
+                assert table is not None
+                metrics = MetricsSink(table, output.metrics_labels)
+                owned.enter_context(_metrics_server(metrics, output))
                 sinks.append(metrics)
-            print(BANNER, file=messages, flush=True)
-            lines_out = _open_output(out)
+            lines_out = _open_output(out, stop.request)
             owned.callback(_finish_output, lines_out)  # after the sinks' last words
+            # Only JSON (or nothing, with --quiet) goes to stdout; the banner then goes to
+            # stderr. On stdout it goes through the writer: a stalled reader never holds us.
+            if output.json or output.quiet:
+                print(BANNER, file=sys.stderr, flush=True)
+            else:
+                lines_out.write_lines(BANNER + "\n", 0)
             sinks.append(build_output_sink(output, lines_out, time.time_ns(), resolver,
-                                           aggregates))
+                                           aggregates, table,
+                                           metrics.count_lost if metrics else None))
             sink = owned.enter_context(contextlib.closing(
                 sinks[0] if len(sinks) == 1 else Tee(*sinks)))
 
@@ -280,6 +329,21 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
+def _listener_table_check_line(verbose: bool) -> str:
+    """What --drops, -s and --metrics read listener state from, and what that one misses."""
+    try:
+        with ListenerWatch() as watch:
+            snapshot = watch.refresh()
+    except ListenerWatchError as exc:
+        return f"listener table: not usable ({exc}): drops through sock_diag"
+    line = "listener table: usable (task_file iterator)"
+    if verbose:
+        line += (f", {len(snapshot.listeners)} listeners, one read "
+                 f"{snapshot.read_cost_s * 1e3:.1f} ms, read every {watch.interval_s:g} s")
+    hidden = outside_host_pid_namespace_warning()
+    return f"{line}; {hidden}" if hidden else line
+
+
 def check_report(out: TextIO, verbose: bool = False) -> int:
     """--check: each method usable or why not; kernel, BTF, libbpf; what auto would pick."""
     _prepare(verbose, kernel_checks=False)  # --check reports what is missing, in full
@@ -306,5 +370,6 @@ def check_report(out: TextIO, verbose: bool = False) -> int:
         finally:
             tracer.close()
     out.write(iouring.support().check_line() + "\n")
+    out.write(_listener_table_check_line(verbose) + "\n")
     out.write(f"auto would pick: {usable[0] if usable else 'none'}\n")
     return 0 if usable else 1

@@ -31,14 +31,14 @@ from .aggregate import (
     slot_percentile_us,
     slot_upper_us,
 )
-from .model import Container, Drop, Item, Lost
+from .model import Container, Drop, Lost
 from .output.clock import hms, iso_prefix
 from .output.escape import escape_text
-from .sink import LostNotices
+from .sink import MAX_DROP_ENTRIES, KernelCountedSink, LostNotices
+from .snapshot import DEFAULT_TTL_S, ListenerTable
 
 TOP_REMOTES = 5
-MAX_DROP_ROWS = 4096
-DEFAULT_TTL_S = 600.0
+MAX_DROP_ROWS = MAX_DROP_ENTRIES
 
 
 def endpoint(laddr: str, lport: int) -> str:
@@ -95,39 +95,32 @@ class _Drops:
     container: Optional[Container]
 
 
-class SummarySink:
+class SummarySink(KernelCountedSink):
     """Reads the aggregation maps and prints them every `interval` seconds."""
 
     def __init__(self, out: TextIO, interval: float, as_json: bool, notices: LostNotices,
                  aggregates: AggregateReader,
                  container_of: Optional[Callable[[int], Optional[Container]]] = None,
-                 ttl_s: float = DEFAULT_TTL_S) -> None:
+                 ttl_s: float = DEFAULT_TTL_S, table: Optional[ListenerTable] = None) -> None:
         self.out = out
         self.interval = interval
         self.as_json = as_json
         self._notices = notices
-        self.aggregates = aggregates
-        self.container_of = container_of
-        self.ttl_ns = int(ttl_s * 1e9)
+        self.aggregates = aggregates  # the remotes LRU and its counters
+        # The listener table (shared with --metrics: one owner of the TTL and the maps).
+        self.table = table or ListenerTable(aggregates, ttl_s, container_of)
         self._interval_start = time.monotonic()
         self._previous: dict[ListenerKey, ListenerTotals] = {}
+        self._containers: dict[ListenerKey, Optional[Container]] = {}
         self._previous_remotes: dict[tuple[ListenerKey, str], int] = {}
         self._drops: dict[tuple[int, str, int], _Drops] = {}
         self._drops_overflow = 0
+        self._overflow = 0
 
-    def handle(self, items: Sequence[Item]) -> None:
-        if not items:
-            return
-        kind = type(items[0])
-        if kind is Drop:
-            for r in items:
-                self._count_drop(r)  # type: ignore[arg-type]
-        elif kind is Lost:
-            for lost in items:
-                self._notices.report(lost)  # type: ignore[arg-type]
-        # Accept items (lines printed too): the kernel has counted them already.
+    def count_lost(self, lost: Lost) -> None:
+        self._notices.report(lost)
 
-    def _count_drop(self, r: Drop) -> None:
+    def count_drop(self, r: Drop) -> None:
         where = (r.netns, r.laddr, r.lport)
         drops = self._drops.get(where)
         if drops is None:
@@ -144,11 +137,12 @@ class SummarySink:
             self.flush_interval(now)
 
     def _read(self) -> dict[ListenerKey, ListenerTotals]:
-        ended = self.aggregates.next_epoch()  # backlog peaks from here on: next interval
-        listeners = self.aggregates.read_listeners(peak_epoch=ended)
-        for key in self.aggregates.expire(listeners, time.monotonic_ns(), self.ttl_ns):
-            del listeners[key]
-        return listeners
+        """A new snapshot, diffed against the previous one; the interval's backlog peaks
+        end here (the next interval's start)."""
+        snapshot = self.table.refresh(new_epoch=True)
+        self._containers = {key: row.container for key, row in snapshot.listeners.items()}
+        self._overflow = snapshot.listeners_overflow
+        return {key: row.totals for key, row in snapshot.listeners.items()}
 
     def flush_interval(self, now: Optional[float] = None) -> None:
         now = time.monotonic() if now is None else now
@@ -173,21 +167,20 @@ class SummarySink:
                               "listeners": rows,
                               "top_remotes": [{"raddr": a, "accepts": n} for a, n in top],
                               "remotes_evicted": evicted,
-                              "listeners_overflow": self.aggregates.listeners_overflow()
-                              + self._drops_overflow})
+                              "listeners_overflow": self._overflow + self._drops_overflow})
         elif rows:  # a quiet interval prints nothing in text mode
             self._write_table(rows, top, evicted)
         self.out.flush()
 
-    def _container(self, cgroup_id: int) -> Optional[str]:
-        container = self.container_of(cgroup_id) if self.container_of else None
+    def _container(self, key: ListenerKey) -> Optional[str]:
+        container = self._containers.get(key)
         return container.short if container else None
 
     def _row(self, key: ListenerKey, t: ListenerTotals, accepts: int,
              slots: tuple[int, ...], elapsed: float) -> dict:
         return {
             "laddr": key.laddr, "lport": key.lport, "netns": key.netns, "pid": t.pid,
-            "comm": t.comm, "container": self._container(key.cgroup_id),
+            "comm": t.comm, "container": self._container(key),
             "accepts": accepts, "accepts_per_s": round(accepts / elapsed, 1),
             "backlog": t.backlog, "backlog_peak": t.backlog_peak,
             "backlog_max": t.backlog_max,
@@ -263,7 +256,7 @@ class SummarySink:
                 self._write_json({
                     "event": "histogram", "laddr": key.laddr, "lport": key.lport,
                     "netns": key.netns, "pid": totals.pid, "comm": totals.comm,
-                    "container": self._container(key.cgroup_id), "unit": "us",
+                    "container": self._container(key), "unit": "us",
                     "buckets": [{"low": lo, "high": hi, "count": n}
                                 for lo, hi, n in histogram.rows()],
                 })

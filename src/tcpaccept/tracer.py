@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from . import aggregate, libbpf, probes, sizing
+from . import aggregate, libbpf, preflight, probes, sizing
 from .btf import Btf, DataSection
 from .config import Config, IPNetwork
 from .errors import TcpacceptError
@@ -18,6 +18,7 @@ from .event import Decoder, RecordLayout, default_object_path
 from .model import Container
 from .pidns import PidNamespace, shown_pid_namespace
 from .preflight import kernel_version
+from .ring_buffer import RingBuffer
 
 _libc = ctypes.CDLL(None)
 
@@ -83,9 +84,8 @@ class Tracer:
         self.rejected: dict[str, str] = {}  # method -> why it was not used
         self._object: Optional[libbpf.BpfObject] = None
         self._links: list[libbpf.Link] = []
-        self._ring: Optional[libbpf.RingBuffer] = None
+        self._ring: Optional[RingBuffer] = None
         self._batch: list[bytes] = []
-        self._record_types: dict[int, type] = {}  # record size -> ctypes.c_char * size
         self._open_fds: list[int] = []
         self._lost_map: Optional[libbpf.Map] = None
         self._ncpus = 1
@@ -129,6 +129,10 @@ class Tracer:
                     raise
             self.rejected[method] = reason
             self.log(f"attach method {method} not usable: {reason}")
+        # Every method fails alike under a seccomp profile that refuses bpf(): say that once.
+        seccomp = preflight.seccomp_refusal()
+        if seccomp is not None:
+            raise TcpacceptError(seccomp)
         if self.config.probe != "auto":
             raise TcpacceptError(
                 f"--probe {self.config.probe} cannot work on this kernel: "
@@ -165,7 +169,8 @@ class Tracer:
                   self.pid_namespace)
         for name, value in self.aggregation.items():
             rodata.set(name, value)
-        aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"])
+        aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"],
+                            aggregating=self.aggregation["aggregate"])
         self._check_filter_sizes(obj)
         obj.map("events").set_max_entries(self.config.ring_buffer_bytes)
         obj.map("established_at").set_max_entries(sizing.established_entries(self._ncpus))
@@ -182,10 +187,9 @@ class Tracer:
                 self._kprobe_links.append(self._links[-1])
         self._lost_map = obj.map("lost_events")
         self._outside_map = obj.map("outside_pid_namespace")
-        self._ring = libbpf.RingBuffer(obj.map("events"), self._on_sample)
-        ms = [round((t - started) * 1e3) for t in (opened, loaded, time.monotonic())]
-        self.log(f"{plan.method}: opened {ms[0]} ms, loaded {ms[1]} ms ({len(plan.programs)} "
-                 f"programs), attached {ms[2]} ms after the open")  # where a start's time goes
+        self._ring = RingBuffer(obj.map("events"), self._on_sample)
+        ms = [round((t - started) * 1e3) for t in (opened, loaded, time.monotonic())]  # -v
+        self.log(f"{plan.method}: opened, loaded ({len(plan.programs)} progs), attached: {ms} ms")
 
     def _reuse_pinned(self, obj: libbpf.BpfObject) -> None:
         for map_name, flag, path in (("cgroupmap", "--cgroupmap", self.config.cgroupmap),
@@ -277,11 +281,8 @@ class Tracer:
     # -- events --
 
     def _on_sample(self, data: int, size: int) -> None:
-        # ctypes.string_at's copy at ~1/3 of its cost (no foreign call): one type per size.
-        record_type = self._record_types.get(size)
-        if record_type is None:
-            record_type = self._record_types[size] = ctypes.c_char * size
-        self._batch.append(record_type.from_address(data).raw)
+        # ctypes.string_at's copy at about half its cost (no foreign call; ctypes caches
+        self._batch.append((ctypes.c_char * size).from_address(data).raw)  # array types)
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Raw records that arrived within timeout_ms (an empty list on timeout/signal)."""

@@ -7,12 +7,15 @@ tests run the agent exactly as the cluster would, not as the tests would like.
 
 from __future__ import annotations
 
+import copy
+import functools
+import os
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -36,13 +39,52 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def daemonset() -> dict[str, Any]:
-    (doc,) = load_documents(KUBERNETES / "daemonset.yaml")
+def render_kustomization(directory: Path = KUBERNETES) -> list[dict[str, Any]]:
+    """`kubectl kustomize` (built-in kustomize, offline): what `kubectl apply -k` applies."""
+    result = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def rendered_for_runtime(runtime: str, work: Path,
+                         extra_components: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The shipped kustomization with its runtime component swapped for `runtime` (an
+    overlay in `work`: kustomize loads files below the kustomization's own root only)."""
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    for name in kustomization["resources"]:
+        (work / name).write_text((KUBERNETES / name).read_text())
+    components = [c for c in kustomization["components"] if "runtime-" not in c]
+    components += [f"components/{name}" for name in (runtime, *extra_components)]
+    kustomization["components"] = [os.path.relpath(KUBERNETES / c, work) for c in components]
+    (work / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return render_kustomization(work)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> tuple[dict[str, Any], ...]:
+    return tuple(render_kustomization())  # once per test run: kubectl takes ~0.2 s
+
+
+def daemonset(documents: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """The DaemonSet as rendered (components applied), or the one in `documents`."""
+    docs = documents if documents is not None else copy.deepcopy(list(_shipped()))
+    (doc,) = [d for d in docs if d["kind"] == "DaemonSet"]
     return doc
 
 
-def agent_container() -> dict[str, Any]:
-    (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
+def prometheus_rule() -> dict[str, Any]:
+    """deploy/prometheus/tcpaccept-rules.yml as a prometheus-operator PrometheusRule."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "tcpaccept", "namespace": "tcpaccept",
+                         "labels": {"app.kubernetes.io/name": "tcpaccept",
+                                    "release": "kube-prometheus-stack"}},
+            "spec": yaml.safe_load((PROMETHEUS / "tcpaccept-rules.yml").read_text())}
+
+
+def agent_container(ds: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    (container,) = (ds or daemonset())["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -50,12 +92,13 @@ def granted_capabilities() -> list[str]:
     return list(agent_container()["securityContext"]["capabilities"]["add"])
 
 
-def host_mounts() -> list[tuple[str, str, bool]]:
+def host_mounts(ds: Optional[dict[str, Any]] = None) -> list[tuple[str, str, bool]]:
     """(host path, container path, read-only) for every hostPath volume mounted."""
-    spec = daemonset()["spec"]["template"]["spec"]
+    ds = ds or daemonset()
+    spec = ds["spec"]["template"]["spec"]
     volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     return [(volumes[m["name"]], m["mountPath"], bool(m.get("readOnly")))
-            for m in agent_container()["volumeMounts"]]
+            for m in agent_container(ds)["volumeMounts"]]
 
 
 def agent_args(metrics_address: str, host_root: str) -> list[str]:

@@ -29,6 +29,8 @@ HOST_ONLY = {
     "test_drops_containers.py",  # podman
     "test_bounded_state.py",  # tens of thousands of connections and RSS bounds
     "test_hardening.py",  # sustained accept load against a stalled reader
+    "test_metrics_lost.py",  # the same load and stalled reader, with --metrics
+    "test_metrics_storm.py",  # 4,096 listeners, a scrape storm, time and RSS bounds
     "test_abi.py",  # builds edited BPF objects with clang (the guests have no compiler)
     "test_accept_program.py::test_a_refused_btf_walk_falls_back_to_probe_reads",  # clang
     # setpriv users, podman, this host's tracefs and /proc permissions: the least-privilege
@@ -48,6 +50,7 @@ METHOD_AGNOSTIC = {
     "test_follow_cgroup.py",
     "test_hostile_names.py",
     "test_session.py",
+    "test_scrape_reads_no_map.py",  # what the scrape thread reads, not how accepts arrive
     # The maps' bounds: the same kernel code whatever method delivers the accepts.
     "test_queue_latency.py::test_never_accepted_connections_leave_the_latency_map_bounded",
     "test_aggregate.py::test_summary_remotes_map_is_bounded_and_says_when_it_evicts",

@@ -75,6 +75,12 @@ def test_lines_and_metrics_together_print_every_accept_and_count_it() -> None:
     assert (labels["laddr"], count) == ("127.0.0.1", n)
 
 
+def scrape_state(sink: MetricsSink) -> bytes:
+    """What a scrape returns after one tick of the main loop (which reads the maps)."""
+    sink.refresh()
+    return generate_latest(sink.registry)
+
+
 def _in_process_tracer(port: int, emit_records: bool) -> Tracer:
     return Tracer(Config(probe=PROBE, lports=frozenset({port}), queue_latency=True),
                   aggregate=True, emit_records=emit_records)
@@ -96,19 +102,29 @@ def test_no_ring_buffer_record_when_nothing_prints_lines() -> None:
     assert totals.pid == server.pid and totals.comm == "loadsrv"
 
 
+def test_the_preallocated_listener_map_is_one_entry_when_nothing_aggregates() -> None:
+    """listener_stats is preallocated (bpf/aggregate.bpf.h): a tracer that only prints
+    lines must not pay for 4,096 entries per CPU."""
+    with Tracer(Config(probe=PROBE)) as lines_only, \
+            _in_process_tracer(free_port(), False) as aggregating:
+        sizes = (lines_only.bpf_map("listener_stats").max_entries,
+                 aggregating.bpf_map("listener_stats").max_entries)
+    assert sizes == (1, aggregate.listener_entries(aggregate.possible_cpus()))
+
+
 def test_idle_listener_series_expire_and_its_counter_restarts() -> None:
     with accept_server(5) as server, _in_process_tracer(server.port, False) as tracer:
         sink = MetricsSink(AggregateReader(tracer), labels=("laddr", "lport"), ttl_s=1.0)
         server.go()
         connect_many(server.port, 3)
         time.sleep(0.3)
-        first = generate_latest(sink.registry)
+        first = scrape_state(sink)
         time.sleep(1.5)  # idle for longer than the TTL
-        expired = generate_latest(sink.registry)
+        expired = scrape_state(sink)
         connect_many(server.port, 2)
         server.wait_done()
-        again = generate_latest(sink.registry)
-        left = [k for k in sink.aggregates.read_listeners() if k.lport == server.port]
+        again = scrape_state(sink)
+        left = [k for k in sink.table.source.read_listeners() if k.lport == server.port]
     lport = str(server.port)
     assert [v for _, v in samples(first, "tcpaccept_accepts_total", lport=lport)] == [3]
     assert samples(expired, "tcpaccept_accepts_total", lport=lport) == []
@@ -196,7 +212,7 @@ def test_dual_stack_wildcard_listener_is_keyed_by_its_bound_address() -> None:
 
 def test_a_full_listener_map_counts_what_it_could_not_aggregate(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aggregate, "listener_entries", lambda _ncpus: 4)
+    monkeypatch.setattr(aggregate, "listener_entries", lambda *_: 4)
     servers = [start_server() for _ in range(6)]
     try:
         ports = frozenset(s.port for s in servers)
@@ -208,7 +224,7 @@ def test_a_full_listener_map_counts_what_it_could_not_aggregate(
                 server.accept(1)
                 client.close()
             sink = MetricsSink(reader, labels=("lport",))
-            body = generate_latest(sink.registry)
+            body = scrape_state(sink)
             counted = sum(v for _, v in samples(body, "tcpaccept_accepts_total"))
     finally:
         for server in servers:

@@ -14,7 +14,7 @@ from tests.support.tracer import start_tracer
 
 def test_queue_latency_grows_by_the_servers_sleep() -> None:
     with start_server(backlog=16) as server:
-        run = start_tracer("--latency")
+        run = start_tracer()  # JSON always carries queue_latency_us (-l is for text)
         clients = [connect("127.0.0.1", server.port) for _ in range(5)]
         server.accept_async(5, sleep=0.2)  # sleep 200 ms before each accept
         server.collect()

@@ -36,6 +36,8 @@ def test_metrics_port_taken_is_one_line_and_exit_1() -> None:
 class FailingDrops:
     """A drop source whose sampling fails from its second poll on, then recovers."""
 
+    poll_interval_s = 1.0
+
     def __init__(self) -> None:
         self.polls = 0
 

@@ -359,11 +359,12 @@ class ContainerdDaemon:
 
     NAMESPACE = "k8s.io"
 
-    def __init__(self, host_root: str, cgroup_top: str) -> None:
+    def __init__(self, host_root: str, cgroup_top: str,
+                 state_dir: str = "run/containerd") -> None:
         if shutil.which("containerd") is None or shutil.which("ctr") is None:
             raise RuntimeError("containerd/ctr are not installed (Debian containerd)")
         self.host_root = host_root
-        self.state = os.path.join(host_root, "run/containerd")
+        self.state = os.path.join(host_root, state_dir)  # k3s: run/k3s/containerd, ...
         self.root = os.path.join(host_root, "var/lib/containerd")
         self.run_dir = tempfile.mkdtemp(prefix="tcpa-ctrd-", dir="/tmp")
         self.socket = os.path.join(self.run_dir, "containerd.sock")

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from tcpaccept import libbpf
+from tcpaccept.aggregate import Layouts, ListenerKey, merge_cpus
 from tcpaccept.btf import Btf, DataSection, kernel_btf_has_name
 from tcpaccept.errors import TcpacceptError
 from tcpaccept.event import PACKAGED_OBJECT, Decoder, RecordLayout
-from tests.support.bpf_variants import build_variant, replace, swap_members
+from tests.support.bpf_variants import BPF_SOURCES, build_variant, replace, swap_members
 
 FIELDS = dict(pid=4242, tid=4243, uid=33, netns=4026531840, comm="nginx",
               family=socket.AF_INET, lport=80, rport=51234,
@@ -107,3 +108,31 @@ def test_kernel_btf_names_are_whole_strings_of_the_string_section(tmp_path: Path
     assert not kernel_btf_has_name("bpf_rdonly_cas", str(btf_file))  # a prefix only
     assert not kernel_btf_has_name("outside_the_strings", str(btf_file))
     assert not kernel_btf_has_name("file", str(tmp_path / "missing"))
+
+
+def _header_defining(struct_name: str) -> str:
+    """The BPF header that defines the struct (the headers may be rearranged)."""
+    (name,) = [h.name for h in BPF_SOURCES.glob("*.h")
+               if f"struct {struct_name} {{" in h.read_text()]
+    return name
+
+
+def test_reordered_aggregation_structs_still_decode_by_name(tmp_path: Path) -> None:
+    header = _header_defining("listener_stats")
+    assert _header_defining("listener_key") == header
+    obj = build_variant(tmp_path, {header: lambda text: swap_members("family", "lport")(
+        swap_members("accepts", "last_seen_ns")(swap_members("backlog", "pid")(text)))})
+    packaged, variant = Layouts.of_file(str(PACKAGED_OBJECT)), Layouts.of_file(str(obj))
+    # Positive control: the members really moved.
+    offsets = {layout: {m[0]: m[1] for m in layout.members}
+               for layout in (packaged.stats, variant.stats)}
+    assert offsets[variant.stats]["accepts"] == offsets[packaged.stats]["last_seen_ns"]
+    stats = dict(accepts=5, last_seen_ns=9_000, backlog=3, pid=4242, comm=b"nginx",
+                 latency_slots=[1] * 32, backlog_max=128)
+    raw = variant.stats.encode(**stats)
+    totals = merge_cpus([variant.stats.decode(raw)])
+    assert (totals.accepts, totals.last_seen_ns, totals.backlog, totals.pid, totals.comm) == \
+        (5, 9_000, 3, 4242, "nginx")
+    assert merge_cpus([packaged.stats.decode(raw)]).accepts == 9_000  # read wrong by the other
+    key = ListenerKey(netns=7, family=4, laddr="10.0.0.1", lport=8080, cgroup_id=1)
+    assert ListenerKey.of(variant.key.decode(variant.key.encode(**key.fields()))) == key

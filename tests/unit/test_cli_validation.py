@@ -147,3 +147,52 @@ def test_unicast_and_wildcard_metrics_addresses_parse(address: str) -> None:
     from tcpaccept.cli import build_parser
 
     assert build_parser().parse_args(["--metrics", address]).metrics[1] == 9435
+
+
+# Issue 20 item 7: messages that say the truth, and flags that would do nothing refused.
+IDLE = [
+    (["-d", "99999999999"], ["-d/--duration", "99999999999", "less than 1000000000"]),
+    (["-s", "1000000000"], ["-s/--summary", "less than 1000000000"]),
+    (["--metrics-labels", "laddr"], ["--metrics-labels", "--metrics"]),
+    (["-q"], ["-q/--quiet", "--metrics"]),
+    (["-q", "-j"], ["-q/--quiet", "--metrics"]),
+    (["-q", "-s"], ["-q/--quiet", "-s/--summary"]),
+    (["-s", "-t"], ["-t/--timestamp", "-s/--summary"]),
+    (["-s", "-T"], ["-T/--time", "-s/--summary"]),
+    (["-s", "-x"], ["-x/--extended", "-s/--summary"]),
+    (["-s", "-l"], ["-l/--latency", "-s/--summary"]),
+    (["-s", "--drops"], ["--drops", "-s/--summary"]),
+    (["-s", "--no-unmap"], ["--no-unmap", "-s/--summary"]),
+    (["-j", "-t"], ["-t/--timestamp", "-j/--json"]),
+    (["-j", "-l"], ["-l/--latency", "-j/--json"]),
+    (["--metrics", "9435", "-q", "-x"], ["-x/--extended", "-q/--quiet"]),
+    (["--metrics", "9435", "-q", "-t"], ["-t/--timestamp", "-q/--quiet"]),
+]
+
+
+@pytest.mark.parametrize("argv,named", IDLE, ids=[" ".join(a) for a, _ in IDLE])
+def test_a_flag_that_would_do_nothing_is_one_line_and_exit_2(argv: list[str],
+                                                             named: list[str]) -> None:
+    test_bad_value_is_one_line_naming_flag_and_value(argv, named)
+
+
+@pytest.mark.parametrize("argv", [
+    ["-t"], ["-T"], ["-t", "-T", "-x", "-l", "--no-unmap", "--drops"],
+    ["-j", "-x", "--no-unmap", "--drops"], ["-s", "1", "-j"],
+    ["--metrics", "9435", "-q"], ["--metrics", "9435", "-q", "--drops"],
+    ["--metrics", "9435", "--metrics-labels", "laddr,lport"], ["-q", "--drops"],
+    ["--metrics", "9435", "-s", "5", "-q"],
+], ids=" ".join)
+def test_flags_that_do_something_in_their_mode_are_accepted(argv: list[str]) -> None:
+    from tcpaccept.cli import build_parser
+    from tcpaccept.flag_rules import idle_flag_error
+
+    assert idle_flag_error(build_parser().parse_args(argv)) is None
+
+
+def test_metrics_labels_default_when_not_given() -> None:
+    from tcpaccept.cli import build_parser, configs_from
+    from tcpaccept.config import DEFAULT_METRICS_LABELS
+
+    _, output = configs_from(build_parser().parse_args(["--metrics", "9435"]))
+    assert output.metrics_labels == DEFAULT_METRICS_LABELS

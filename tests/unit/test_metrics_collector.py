@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pytest
 from prometheus_client import generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcpaccept.aggregate import LATENCY_SLOTS, ListenerKey, ListenerTotals
-from tcpaccept.metrics import MetricsSink
+from tcpaccept.metrics import DEFAULT_LABELS, KNOWN_LABELS, MetricsSink
 from tcpaccept.model import Container, Drop, Lost
 
 A = ListenerKey(netns=1, family=4, laddr="0.0.0.0", lport=80, cgroup_id=100)
@@ -44,6 +46,7 @@ def _slots(**at: int) -> tuple[int, ...]:
 
 
 def _scrape(sink: MetricsSink) -> dict[tuple[str, tuple], float]:
+    sink.refresh()  # the main loop's tick: read the maps, publish; the scrape renders that
     text = generate_latest(sink.registry).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
@@ -116,3 +119,47 @@ def test_idle_listeners_and_drops_expire_after_the_ttl() -> None:
     assert reader.deleted == [A]
     assert not [k for k in samples if k[0] in ("tcpaccept_accepts_total",
                                                 "tcpaccept_listen_drops_total")]
+
+
+def _busy_sink(labels: tuple[str, ...]) -> MetricsSink:
+    reader = FakeReader()
+    now = 100 * SECOND
+    sink = MetricsSink(reader, labels=labels, container_of=_containers,  # type: ignore[arg-type]
+                       clock_ns=lambda: now)
+    reader.listeners = {
+        A: ListenerTotals(accepts=3, latency_count=3, latency_sum_ns=3_000_123,
+                          latency_slots=_slots(s0=1, s3=1, s9=1), backlog=2, backlog_max=128,
+                          last_seen_ns=now, comm='we"ird\\name'),
+        B: ListenerTotals(accepts=12_345_678, latency_count=12_345_678,
+                          latency_slots=_slots(s4=12_345_678), backlog_max=64,
+                          last_seen_ns=now, comm="{x}")}
+    sink.handle([Drop(laddr="127.0.0.1", lport=81, family=4, pid=1, comm="x", backlog=1,
+                      backlog_max=1, dropped=4, inode=1, netns=1)])
+    sink.handle([Lost(2, "output stalled"), Lost(5, "ring buffer")])
+    sink.refresh()
+    return sink
+
+
+@pytest.mark.parametrize("labels", [DEFAULT_LABELS, KNOWN_LABELS, ("comm", "lport"),
+                                    ("pod",)])
+def test_the_direct_exposition_is_byte_for_byte_what_prometheus_client_writes(
+        labels: tuple[str, ...]) -> None:
+    sink = _busy_sink(labels)
+    assert sink.exposition(openmetrics=False) == generate_latest(sink.registry)
+    assert sink.exposition(openmetrics=True) == openmetrics.generate_latest(sink.registry)
+
+
+def test_the_fast_integer_format_is_floattogostring() -> None:
+    from prometheus_client.utils import floatToGoString
+
+    from tcpaccept.exposition import go_float
+    for value in (0, 1, 7, 999_999, 1_000_000, 12_345_678, -5, 2**63, 0.5, 1e-06, 3.2e-05):
+        assert go_float(value) == floatToGoString(value), value
+
+
+def test_a_render_is_given_up_when_the_server_stops() -> None:
+    from tcpaccept.exposition import Cancelled
+    sink = _busy_sink(DEFAULT_LABELS)
+    with pytest.raises(Cancelled):
+        sink.exposition(openmetrics=False, cancelled=lambda: True)
+    assert sink.exposition(openmetrics=False, cancelled=lambda: False)

@@ -54,3 +54,19 @@ def test_privileges_need_root_or_bpf_and_perfmon(monkeypatch: pytest.MonkeyPatch
 def test_libbpf_errors_use_libbpf_messages_for_its_own_codes() -> None:
     assert libbpf.strerror(-4007) == "Kernel verifier blocks program loading"
     assert libbpf.strerror(-1) == "Operation not permitted"
+
+
+def test_seccomp_mode_is_read_from_the_status_file(tmp_path) -> None:
+    from tcpaccept.preflight import seccomp_mode
+
+    status = tmp_path / "status"
+    status.write_text("Name:\ttcpaccept\nSeccomp:\t2\nSeccomp_filters:\t1\n")
+    assert seccomp_mode(str(status)) == 2
+    status.write_text("Name:\ttcpaccept\n")  # a kernel without CONFIG_SECCOMP
+    assert seccomp_mode(str(status)) == 0
+
+
+def test_no_seccomp_diagnosis_on_an_unknown_machine() -> None:
+    from tcpaccept.preflight import seccomp_refusal
+
+    assert seccomp_refusal("vax") is None

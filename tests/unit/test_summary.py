@@ -8,13 +8,12 @@ from typing import Optional
 
 import pytest
 
+from tcpaccept import aggregate
 from tcpaccept.aggregate import (
     LATENCY_SLOTS,
-    LAYOUTS,
-    LISTENER_STATS,
+    Layouts,
     ListenerKey,
     ListenerTotals,
-    check_layouts,
     merge_cpus,
     remote_address,
     slot_max_us,
@@ -99,13 +98,20 @@ def test_log2_histogram_buckets_like_bcc() -> None:
     assert Log2Histogram(_slots(s2=2, s7=2)).rows()[0] == (2, 3, 2)
 
 
+LAYOUTS = Layouts.of_file(str(default_object_path()))
+
+
 def _cpu(accepts: int, last_seen: int, backlog: int, peak: int, epoch: int, pid: int,
-         comm: bytes, slot: int = 3) -> tuple:
+         comm: bytes, slot: int = 3) -> dict:
+    """One CPU's struct listener_stats as the kernel writes it, decoded by name."""
     slots = [0] * LATENCY_SLOTS
     slots[slot] = accepts
-    raw = LISTENER_STATS.pack(accepts, accepts, accepts * 5000, last_seen, *slots,
-                              backlog, peak, 128, epoch, pid, 0, comm)
-    return LISTENER_STATS.unpack(raw)
+    stats = LAYOUTS.stats
+    raw = stats.encode(accepts=accepts, latency_count=accepts, latency_sum_ns=accepts * 5000,
+                       last_seen_ns=last_seen, latency_slots=slots, backlog=backlog,
+                       backlog_peak=peak, backlog_max=128, peak_epoch=epoch, pid=pid,
+                       comm=comm)
+    return stats.decode(raw)
 
 
 def test_cpus_merge_sum_counts_max_peaks_and_take_the_latest_cpus_last_values() -> None:
@@ -209,11 +215,17 @@ def test_the_objects_aggregation_structs_are_what_the_reader_unpacks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     btf = Btf.parse_elf(str(default_object_path()))
     try:
-        check_layouts(btf, "tcpaccept.bpf.o")  # the built object matches
-        size, members = LAYOUTS["listener_stats"]
-        monkeypatch.setitem(LAYOUTS, "listener_stats",
-                            (size, {**members, "backlog": (292, 4)}))
-        with pytest.raises(TcpacceptError, match=r"struct listener_stats .*backlog \(288, 4\)"):
-            check_layouts(btf, "tcpaccept.bpf.o")
+        layouts = Layouts.of(btf, "tcpaccept.bpf.o")  # the built object matches
+        assert layouts.stats.sizes["latency_slots"] == 8 * LATENCY_SLOTS
+        key = ListenerKey(netns=7, family=6, laddr="::1", lport=443, cgroup_id=99)
+        assert ListenerKey.of(layouts.key.decode(layouts.key.encode(**key.fields()))) == key
+        needed = aggregate.NEEDED["listener_stats"]
+        monkeypatch.setitem(aggregate.NEEDED, "listener_stats", {**needed, "backlog": 8})
+        with pytest.raises(TcpacceptError, match=r"struct listener_stats member backlog is "
+                                                 r"4 bytes, this tcpaccept reads 8 bytes"):
+            Layouts.of(btf, "tcpaccept.bpf.o")
+        monkeypatch.setitem(aggregate.NEEDED, "listener_stats", {**needed, "gone": 4})
+        with pytest.raises(TcpacceptError, match=r"member gone is missing"):
+            Layouts.of(btf, "tcpaccept.bpf.o")
     finally:
         btf.close()

@@ -256,3 +256,90 @@ def test_flush_after_close_does_not_wait_again() -> None:
     assert time.monotonic() - start < 0.1
     os.close(r)
     os.close(w)
+
+
+# Issue 20: a reader that went away is noticed without a write; a line longer than PIPE_BUF
+# never lands half in a stalled pipe; a summary dropped whole is counted and said.
+
+def test_a_reader_that_went_away_is_noticed_without_a_write() -> None:
+    r, w = os.pipe()
+    gone = threading.Event()
+    writer = OutputWriter(w, on_closed=gone.set)
+    writer.write_lines(LINE, 1)
+    assert writer.flush(5.0)
+    assert os.read(r, 4096) == LINE.encode()
+    os.close(r)  # `| head -1` exits; nothing more is written (a quiet port)
+    start = time.monotonic()
+    assert gone.wait(2.0), "the closed pipe was not noticed"
+    assert time.monotonic() - start < 1.0
+    with pytest.raises(BrokenPipeError):
+        writer.write_lines(LINE, 1)
+    writer.close()
+    os.close(w)
+
+
+def test_a_regular_file_is_never_taken_for_a_reader_gone(tmp_path) -> None:
+    gone = threading.Event()
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    writer = OutputWriter(fd, on_closed=gone.set)
+    assert not gone.wait(0.6)
+    writer.write_lines(LINE, 1)
+    assert writer.flush(5.0)
+    writer.close()
+    os.close(fd)
+
+
+def test_a_line_longer_than_pipe_buf_never_lands_half_in_a_stalled_pipe() -> None:
+    r, w = os.pipe()
+    short = b"s" * 99 + b"\n"
+    os.write(w, short * 600)  # 60,000 of 65,536 bytes: some room, not enough for the line
+    before = bytes_in_pipe(r)
+    long_line = "L" * 9_999 + "\n"  # one JSON summary line can be this long
+    writer = OutputWriter(w)
+    writer.write_lines(long_line, 1)
+    time.sleep(0.3)
+    assert bytes_in_pipe(r) == before, "part of the long line went into the pipe"
+    writer.close(timeout_s=0.1)
+    assert writer.dropped_lines() == 1
+    assert os.read(r, 1 << 17) == short * 600  # whole lines only
+    os.close(r)
+    os.close(w)
+
+
+def test_a_long_line_goes_out_whole_once_the_reader_makes_room() -> None:
+    r, w = os.pipe()
+    os.write(w, b"s" * 99 + b"\n" * 1)
+    writer = OutputWriter(w)
+    long_line = "L" * 20_000 + "\n"
+    writer.write_lines(long_line, 1)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_all(r)))
+    reader.start()
+    assert writer.flush(5.0)
+    writer.close()
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert got[0] == b"s" * 99 + b"\n" + long_line.encode()
+
+
+def test_buffered_text_says_each_table_it_drops() -> None:
+    import io
+
+    from tcpaccept.output.writer import BufferedText
+    from tcpaccept.sink import LostNotices
+
+    r, w = os.pipe()
+    writer = OutputWriter(w, limit_bytes=300)
+    os.write(w, b"z" * 65535 + b"\n")  # the pipe is full: everything stays queued
+    err = io.StringIO()
+    notices = LostNotices(err)
+    out = BufferedText(writer, notices)
+    for _ in range(4):  # 4 tables of 100 bytes: the 4th does not fit
+        out.write("x" * 99 + "\n")
+        out.flush()
+    assert err.getvalue() == "Lost 1 summaries (output stalled)\n"
+    writer.close()  # the 3 queued tables never got out either
+    assert writer.dropped_reports() == 3
+    os.close(r)
+    os.close(w)

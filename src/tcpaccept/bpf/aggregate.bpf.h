@@ -1,8 +1,9 @@
+/* SPDX-License-Identifier: GPL-2.0 */
 /* In-kernel aggregation for the metrics-only and summary modes (issue 12 item 1).
  *
- * Included by tcpaccept.bpf.c after its filters and helpers; emit_accept calls
- * aggregate_accept() for every accept that passed the filters when `aggregate` is set, and
- * produces a ring-buffer record only when `emit_records` is set (someone prints lines).
+ * build_accept (accept.bpf.h) calls aggregate_accept() for every accept that passed the
+ * filters when `aggregate` is set, and submits a ring-buffer record only when
+ * `emit_records` is set (someone prints lines).
  *
  * Keyed by the LISTENING socket: its network namespace, bound address (0.0.0.0 / :: for a
  * wildcard listener, never the connection's local address), family and port, plus the
@@ -11,9 +12,13 @@
  * entries is bounded by the listeners on the host, and by max_entries in any case (a full
  * map counts an overflow, exported by user space).
  *
- * User space (aggregate.py) reads the maps at scrape time or at each summary interval. */
+ * User space (aggregate.py) reads the maps, by the names of these structs, maps and
+ * fields in the object's BTF. */
 #ifndef TCPACCEPT_AGGREGATE_BPF_H
 #define TCPACCEPT_AGGREGATE_BPF_H
+
+#include "accepter.bpf.h"
+#include "kread.bpf.h"
 
 /* log2 buckets of microseconds, bcc-style: slot 0 holds 0 us, slot k (k >= 1) holds
  * [2^(k-1), 2^k) us; the last slot also takes everything longer (2^30 us = 18 min). */
@@ -61,15 +66,18 @@ enum aggregate_counter {
 	AGG_COUNTERS = 2,
 };
 
-/* 32 B key, 328 B value per possible CPU. Allocated as listeners appear (nothing when
- * aggregation is off); user space lowers max_entries on hosts with many CPUs
- * (aggregate.size_maps: a 64 MiB ceiling). */
+/* 32 B key, 328 B value per possible CPU. Preallocated: with entries allocated as listeners
+ * appeared (BPF_F_NO_PREALLOC), a burst of new listeners had the update fail with -ENOMEM
+ * (allocation from a BPF program cannot wait for memory) while the map was far from full:
+ * measured on 6.18, 119 and 221 of 4,000 new listeners accepting within 0.2 s were counted
+ * as overflow (tests/kernel/test_big_hosts.py). A preallocated map takes entries from a
+ * free list that is empty only when the map is full. User space lowers max_entries on hosts
+ * with many CPUs (aggregate.size_maps: a 64 MiB ceiling) and to 1 when nothing aggregates. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct listener_key);
 	__type(value, struct listener_stats);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 } listener_stats SEC(".maps");
 
 /* Top remotes for the summary: bounded by the LRU, so a scan costs nothing but evictions.
@@ -96,8 +104,8 @@ struct {
 	__type(value, __u32);
 } aggregate_epoch SEC(".maps");
 
-/* All zero: the initial value of a new listener's entry (352 bytes do not fit the stack
- * next to emit_accept's own locals). Never written. */
+/* All zero: the initial value of a new listener's entry (328 bytes do not fit the stack
+ * next to build_accept's own locals). Never written. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -143,7 +151,7 @@ static __always_inline struct listener_stats *listener_entry(struct listener_key
 
 	if (!initial)
 		return NULL;
-	/* -EEXIST: another CPU added it first, fine. -E2BIG: full, counted below. */
+	/* -EEXIST: another CPU added it first, fine (found below). -E2BIG: full, counted. */
 	bpf_map_update_elem(&listener_stats, key, initial, BPF_NOEXIST);
 	stats = bpf_map_lookup_elem(&listener_stats, key);
 	if (!stats)
@@ -169,30 +177,23 @@ static __always_inline void count_remote(struct listener_key *listener, const __
 		__sync_fetch_and_add(count, 1); /* another CPU inserted it meanwhile */
 }
 
-/* A field through a BTF pointer when `direct` (the tracepoint program that walks BTF
- * pointers, 6.2+), else with a probe read: as KREAD in tcpaccept.bpf.c. */
-#define AGG_READ(direct, src, ...) \
-	((direct) ? ___arrow((src), __VA_ARGS__) : BPF_CORE_READ((src), __VA_ARGS__))
-
-/* One accept that passed the filters. `listener` may be NULL (the attach method could not
- * find it): then the child's local address stands in for the bound one. `id` is the
- * accepting task's tgid << 32 | tid as shown; `task` its BTF pointer when `direct`. */
-static __always_inline void aggregate_accept(struct sock *listener, struct sock *child,
-					     __u16 lport, __u32 netns, const __u8 *raddr,
-					     __u64 now, bool latency_measured, __u64 latency_ns,
-					     __u64 id, struct task_struct *task, const bool direct)
+/* One accept that passed the filters. Without its listener, the child's local address
+ * stands in for the bound one. */
+static __always_inline void aggregate_accept(const struct accept_facts *facts,
+					     const bool direct)
 {
-	struct sock *owner = listener ? listener : child;
+	struct sock *listener = facts->listener;
+	struct sock *owner = listener ? listener : facts->child;
 	struct listener_key key;
-	__u16 family = AGG_READ(direct, owner, __sk_common.skc_family);
+	__u16 family = KREAD(direct, owner, __sk_common.skc_family);
 
 	__builtin_memset(&key, 0, sizeof(key));
-	key.cgroup_id = direct ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
-	key.netns = netns;
+	key.cgroup_id = accepting_cgroup_id(facts, direct);
+	key.netns = facts->netns;
 	key.family = family;
-	key.lport = lport;
+	key.lport = facts->lport;
 	if (family == AF_INET) {
-		__be32 bound = AGG_READ(direct, owner, __sk_common.skc_rcv_saddr);
+		__be32 bound = KREAD(direct, owner, __sk_common.skc_rcv_saddr);
 
 		__builtin_memcpy(key.laddr, &bound, 4);
 	} else if (direct) {
@@ -206,23 +207,18 @@ static __always_inline void aggregate_accept(struct sock *listener, struct sock 
 	if (!stats)
 		return;
 	stats->accepts += 1;
-	stats->last_seen_ns = now;
-	if (latency_measured) {
+	stats->last_seen_ns = facts->now;
+	if (facts->latency_measured) {
 		stats->latency_count += 1;
-		stats->latency_sum_ns += latency_ns;
-		stats->latency_slots[latency_slot(latency_ns) & (LATENCY_SLOTS - 1)] += 1;
+		stats->latency_sum_ns += facts->latency_ns;
+		stats->latency_slots[latency_slot(facts->latency_ns) & (LATENCY_SLOTS - 1)] += 1;
 	}
 	if (listener) {
-		stats->backlog = AGG_READ(direct, listener, sk_ack_backlog);
-		stats->backlog_max = AGG_READ(direct, listener, sk_max_ack_backlog);
+		stats->backlog = KREAD(direct, listener, sk_ack_backlog);
+		stats->backlog_max = KREAD(direct, listener, sk_max_ack_backlog);
 	}
-	stats->pid = id >> 32;
-	if (!direct)
-		accepting_comm(stats->comm);
-	else if (task->flags & PF_IO_WORKER) /* as accepting_comm, without probe reads */
-		__builtin_memcpy(stats->comm, task->group_leader->comm, sizeof(stats->comm));
-	else
-		__builtin_memcpy(stats->comm, task->comm, sizeof(stats->comm));
+	stats->pid = facts->id >> 32;
+	copy_accepting_comm(stats->comm, facts, direct);
 	if (aggregate_remotes) {
 		__u32 zero = 0;
 		__u32 *epoch = bpf_map_lookup_elem(&aggregate_epoch, &zero);
@@ -233,7 +229,7 @@ static __always_inline void aggregate_accept(struct sock *listener, struct sock 
 				stats->backlog_peak = stats->backlog;
 			}
 		}
-		count_remote(&key, raddr);
+		count_remote(&key, facts->raddr);
 	}
 }
 

@@ -1,9 +1,11 @@
+/* SPDX-License-Identifier: GPL-2.0 */
 /* io_uring accepts, for the tracepoint method (fexit and kprobe already see them through
  * inet_csk_accept; user space loads these programs only with the tracepoint method, so an
- * accept is never reported twice). Included at the end of tcpaccept.bpf.c: it reuses
- * emit_accept, task_wanted and sock_of_fd.
+ * accept is never reported twice).
  *
  *   tp_btf/io_uring_submit_req    remembers (ring, user_data) -> request, accepts only
+ *   tp_btf/io_uring_task_add      the same at a request's poll wakeup: requests armed
+ *                                 before the tracer started (a server's multishot accept)
  *   tp_btf/io_uring_complete      one CQE; a request or, for the extra CQEs of a multishot
  *                                 accept, NULL (io_fill_cqe_aux): then the remembered one
  *   tp_btf/io_uring_cqe_overflow  a CQE that found the CQ ring full (io_uring_complete does
@@ -13,10 +15,15 @@
  * opcode first and leaves everything else at once (bench/iouring_tax.py measures the cost).
  * The completing thread may be the ring's owner, an io-wq worker (iou-wrk-N) or the SQPOLL
  * thread (iou-sqp-N): those share the owner's files (CLONE_FILES), so the new fd resolves
- * through current's fd table, and emit_accept names their process (tgid, leader's comm).
+ * through current's fd table, and accepting_comm (accepter.bpf.h) names their process.
  * Kernels >= 6.2; io_uring_submit_req (multishot and overflowed CQEs) >= 6.3. */
 #ifndef TCPACCEPT_IOURING_BPF_H
 #define TCPACCEPT_IOURING_BPF_H
+
+#include <bpf/bpf_tracing.h>
+#include "accept.bpf.h"
+#include "fds.bpf.h"
+#include "kread.bpf.h"
 
 #define IORING_OP_ACCEPT 13
 #define IORING_CQE_F_MORE (1U << 1)
@@ -185,10 +192,6 @@ static __always_inline int on_accept_cqe(void *ring, struct io_kiocb *req, __u64
 			   PROBE_IO_URING);
 }
 
-/* 6.2+, like these programs. Weak: the object still loads on kernels without it, where
- * user space does not load the programs that call it. */
-extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
-
 /* Every CQE on the host passes here: leave non-accepts with as little work as possible.
  * The tracepoint hands req over as a void *: a read-only cast lets the opcode be one
  * direct load (measured: a probe read instead costs ~23 ns more per CQE here). */
@@ -202,21 +205,51 @@ static __always_inline bool maybe_accept(void *req)
 	return uring_accepts_armed != 0;
 }
 
+/* Remembers an accept request in flight, for its CQEs that come without it. */
+static __always_inline void remember_request(struct io_kiocb *req, struct uring_request *key)
+{
+	__u64 request = (__u64)req;
+
+	if (!bpf_map_update_elem(&uring_accepts, key, &request, BPF_NOEXIST))
+		__sync_fetch_and_add(&uring_accepts_armed, 1);
+	else /* the same user_data again: the newer request is the one in flight */
+		bpf_map_update_elem(&uring_accepts, key, &request, BPF_EXIST);
+}
+
 SEC("tp_btf/io_uring_submit_req")
 int BPF_PROG(iouring_submit_req, struct io_kiocb *req)
 {
 	struct uring_request key;
-	__u64 request = (__u64)req;
 
 	if (req->opcode != IORING_OP_ACCEPT)
 		return 0;
 	__builtin_memset(&key, 0, sizeof(key));
 	key.ring = (__u64)req->ctx;
 	key.user_data = req->cqe.user_data;
-	if (!bpf_map_update_elem(&uring_accepts, &key, &request, BPF_NOEXIST))
-		__sync_fetch_and_add(&uring_accepts_armed, 1);
-	else /* the same user_data again: the newer request is the one in flight */
-		bpf_map_update_elem(&uring_accepts, &key, &request, BPF_EXIST);
+	remember_request(req, &key);
+	return 0;
+}
+
+/* A request whose poll fired: the accepts it completes next are queued to run (task work).
+ * A multishot accept armed before the tracer started was never seen at submission, and its
+ * CQEs come without it: this is where it is found, at its first wakeup after the start,
+ * before the CQEs of that wakeup. Fires for every poll wakeup of every io_uring request on
+ * the host: leave non-accepts at once, and requests already known without a map update. */
+SEC("tp_btf/io_uring_task_add")
+int BPF_PROG(iouring_task_add, struct io_kiocb *req, int mask)
+{
+	struct uring_request key;
+
+	if (req->opcode != IORING_OP_ACCEPT)
+		return 0;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.ring = (__u64)req->ctx;
+	key.user_data = req->cqe.user_data;
+
+	__u64 *saved = bpf_map_lookup_elem(&uring_accepts, &key);
+
+	if (!saved || *saved != (__u64)req)
+		remember_request(req, &key);
 	return 0;
 }
 

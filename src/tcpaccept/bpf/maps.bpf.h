@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* tcpaccept's load-time settings (.rodata, set by name from user space) and maps.
- * Included once, by tcpaccept.bpf.c. */
+/* tcpaccept's load-time settings (.rodata, set by name from user space) and the maps of
+ * the record path and the filters (aggregate.bpf.h and iouring.bpf.h hold their own). */
 #ifndef TCPACCEPT_MAPS_BPF_H
 #define TCPACCEPT_MAPS_BPF_H
+
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include "tcpaccept.h"
 
 /* Load-time settings: user space sets each by name in .rodata (through the object's BTF)
  * before load, so the verifier prunes the branches of filters that are off. */

@@ -10,10 +10,13 @@
  * uses these only when the tracefs ids cannot be read; bench/sys_exit_tax.py measures it).
  *
  * At sys_exit the tracepoint's pt_regs are the thread's saved user registers: orig_ax is the
- * syscall number, the first argument register still holds the listening fd. Included at the
- * end of tcpaccept.bpf.c (uses its sock_of_fd{,_btf}, task_wanted, emit/build_accept). */
+ * syscall number, the first argument register still holds the listening fd. */
 #ifndef TCPACCEPT_SYS_EXIT_BPF_H
 #define TCPACCEPT_SYS_EXIT_BPF_H
+
+#include <bpf/bpf_tracing.h>
+#include "accept.bpf.h"
+#include "fds.bpf.h"
 
 #if defined(__TARGET_ARCH_x86)
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). A 32-bit task's numbers

@@ -1,24 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 /* tcpaccept: one event per successful passive TCP accept.
  *
- * Three attach methods share one event builder (emit_accept); user space keeps exactly one
- * method's programs with bpf_program__set_autoload:
+ * Three attach methods share one event builder (build_accept, accept.bpf.h); user space
+ * keeps exactly one method's programs with bpf_program__set_autoload:
  *   fexit      fexit/inet_csk_accept            (listener = arg 0, child = return value)
  *   kprobe     kprobe + kretprobe inet_csk_accept (listener saved per thread at entry)
- *   tracepoint syscalls:sys_exit_accept{,4}     (fds resolved through the task's fd table)
+ *   tracepoint syscalls:sys_exit_accept{,4}     (fds resolved through the task's fd table),
+ *              or tp_btf/sys_exit without tracefs (sys_exit.bpf.h), and io_uring's
+ *              completions (iouring.bpf.h)
  * plus tp_btf/inet_sock_set_state, which stamps when a child becomes ESTABLISHED so the
- * accept can report how long it waited in the accept queue. */
+ * accept can report how long it waited in the accept queue.
+ *
+ * The headers form a tree; each includes what it uses:
+ *   tcpaccept.h      the record (struct accept_event), shared with user space through BTF
+ *   kernel_types.h   the kernel's types, CO-RE relocated
+ *   maps.bpf.h       load-time settings, the record path's and the filters' maps
+ *   kread.bpf.h      KREAD: a field by direct load or probe read; bpf_rdonly_cast
+ *   accepter.bpf.h   who accepted (ids, comm, cgroup) and the task filters;
+ *                    struct accept_facts
+ *   aggregate.bpf.h  the in-kernel count: aggregate_accept(facts)
+ *   accept.bpf.h     build_accept: socket filters -> facts -> aggregate / submit_record
+ *   fds.bpf.h        fd -> sock
+ *   iouring.bpf.h    io_uring accept programs
+ *   sys_exit.bpf.h   accept() at the raw sys_exit tracepoint */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_endian.h>
 #include "tcpaccept.h"
-
-char LICENSE[] SEC("license") = "GPL";
-
 #include "maps.bpf.h"
 #include "accept.bpf.h"
+#include "fds.bpf.h"
+#include "iouring.bpf.h"
+#include "sys_exit.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
 
 /* ---- fexit ---- */
 
@@ -73,23 +89,6 @@ int BPF_KRETPROBE(kretprobe_inet_csk_accept, struct sock *child)
 }
 
 /* ---- tracepoint ---- */
-
-/* fd -> file -> socket -> sock in the task's fd table. Both fds were just handed to or
- * used by a successful accept(), so both are sockets: no inode type check is needed
- * (each extra read is paid on every accept), and emit_accept checks family and protocol. */
-static __always_inline struct sock *sock_of_fd(struct fdtable *fdt, __s32 fd)
-{
-	struct file **fds, *file;
-	struct socket *socket;
-
-	if (!fdt || fd < 0 || (__u32)fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return NULL;
-	socket = BPF_CORE_READ(file, private_data);
-	return socket ? BPF_CORE_READ(socket, sk) : NULL;
-}
 
 static __always_inline int on_accept_enter(struct syscall_enter_ctx *ctx)
 {
@@ -178,27 +177,9 @@ int tp_exit_accept(struct syscall_exit_ctx *ctx)
 
 /* ---- tracepoint, BTF pointer walk (kernels >= 6.2) ----
  * The same events with direct loads through BTF pointers instead of probe reads: from
- * bpf_get_current_task_btf() (5.11) to the fd table, one probe read for the variable fd
- * index (BTF cannot type an array of pointers), bpf_rdonly_cast (6.2) to retype the file
- * and its socket, direct loads from there on. User space loads these or tp_exit_accept{,4}
- * (probes.py chooses from the kernel's BTF and helpers), never both. */
-
-static __always_inline struct sock *sock_of_fd_btf(struct fdtable *fdt, __s32 fd)
-{
-	struct file *file;
-	struct socket *socket;
-
-	if (fd < 0 || (__u32)fd >= fdt->max_fds)
-		return NULL;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]) || !file)
-		return NULL;
-	file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
-	socket = file->private_data; /* an accept()ed or accepting fd: a socket */
-	if (!socket)
-		return NULL;
-	socket = bpf_rdonly_cast(socket, bpf_core_type_id_kernel(struct socket));
-	return socket->sk;
-}
+ * bpf_get_current_task_btf() (5.11) to the fd table, then sock_of_fd_btf (fds.bpf.h).
+ * User space loads these or tp_exit_accept{,4} (probes.py chooses from the kernel's BTF
+ * and helpers), never both. */
 
 static __always_inline int on_accept_exit_btf(struct syscall_exit_ctx *ctx)
 {
@@ -243,6 +224,3 @@ int BPF_PROG(stamp_established, struct sock *sk, int oldstate, int newstate)
 	bpf_map_update_elem(&established_at, &key, &now, BPF_ANY);
 	return 0;
 }
-
-#include "iouring.bpf.h"
-#include "sys_exit.bpf.h"

@@ -8,6 +8,8 @@ runtime     file (relative to host_root)                                   names
 =========== ============================================================== ===================
 containerd  run/containerd/io.containerd.runtime.v2.task/<ns>/<id>/        CRI annotations
             config.json (any containerd namespace: k8s.io, default, moby)  io.kubernetes.cri.*
+            (k3s and RKE2: run/k3s/containerd/..., k0s: run/k0s/containerd/...,
+            microk8s: var/snap/microk8s/common/run/containerd/...)
 cri-o       run/containers/storage/overlay-containers/<id>/userdata/       io.kubernetes.
             config.json (or the same under var/lib/containers/storage)     container.name, pod.*
 docker      var/lib/docker/containers/<id>/config.v2.json                  Name (and the
@@ -25,7 +27,12 @@ from typing import Any, Optional
 
 from ..model import Container
 
-CONTAINERD_TASKS = "run/containerd/io.containerd.runtime.v2.task"
+# containerd's state directory (its --state) by distribution: the task bundles are under it,
+# never its API socket's directory itself (the DaemonSet mounts only the bundles).
+CONTAINERD_STATE_DIRS = ("run/containerd", "run/k3s/containerd", "run/k0s/containerd",
+                         "var/snap/microk8s/common/run/containerd")
+CONTAINERD_TASK_DIRS = tuple(f"{state}/io.containerd.runtime.v2.task"
+                             for state in CONTAINERD_STATE_DIRS)
 STORAGE_DIRS = ("run/containers/storage", "var/lib/containers/storage")  # containers/storage
 STORAGE_DRIVERS = ("overlay", "vfs", "btrfs", "zfs")  # <driver>-containers/
 DOCKER_CONTAINERS = "var/lib/docker/containers"
@@ -91,7 +98,13 @@ class RuntimeState:
         return Container(container_id, runtime=runtime_hint)
 
     def _containerd(self, container_id: str) -> Optional[Container]:
-        tasks = self._path(CONTAINERD_TASKS)
+        for task_dir in CONTAINERD_TASK_DIRS:
+            found = self._containerd_task(self._path(task_dir), container_id)
+            if found is not None:
+                return found
+        return None
+
+    def _containerd_task(self, tasks: str, container_id: str) -> Optional[Container]:
         try:
             namespaces = sorted(os.listdir(tasks), key=lambda ns: ns != "k8s.io")
         except OSError:

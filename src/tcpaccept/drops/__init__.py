@@ -1,4 +1,9 @@
-"""Per-listener accept-queue overflow (drop) monitoring through NETLINK_SOCK_DIAG.
+"""Per-listener accept-queue overflow (drop) monitoring, as model.Drop rows.
+
+Two sources of the same counter: table_monitor.py reads the kernel's listener table
+(tcpaccept/listeners: a task_file BPF iterator, every network namespace and the owners with
+CAP_BPF + CAP_PERFMON), the default; monitor.py samples NETLINK_SOCK_DIAG, the fallback where
+the kernel has no usable iterator, described below.
 
 When a listener's accept queue is full the kernel throws the handshake away and counts it
 system-wide in /proc/net/netstat (TcpExt ListenOverflows / ListenDrops). Those counters do not
@@ -40,7 +45,8 @@ namespace (run in the host's pid namespace to see every owner).
 
 Layout: abi.py (the netlink/inet_diag request and its decoding, no I/O), diag_socket.py (one
 socket, one dump), namespaces.py (finding namespaces, opening a socket inside one),
-owners.py (socket inode -> pid/comm), monitor.py (baselines, deltas, model.Drop).
+owners.py (socket inode -> pid/comm), monitor.py (baselines, deltas, model.Drop);
+table_monitor.py (model.Drop from the listener table).
 """
 
 from __future__ import annotations

@@ -63,6 +63,8 @@ class ListenerDropMonitor:
     when no namespace can be sampled at all. Not thread-safe.
     """
 
+    poll_interval_s = 1.0  # each poll() is a dump of every namespace
+
     def __init__(
         self,
         ports: frozenset[int] | None = None,

@@ -21,6 +21,7 @@ CLOSE_IDLE_S = 0.1
 class Output(Protocol):
     def write_lines(self, text: str, lines: int) -> None: ...
     def dropped_lines(self) -> int: ...
+    def dropped_reports(self) -> int: ...
     def flush(self, timeout_s: float, idle_s: Optional[float] = None) -> bool: ...
     def close(self, timeout_s: float = 0.0) -> None: ...
 
@@ -36,6 +37,9 @@ class TextOutput:
         self.out.flush()  # a person watching, or `| grep`, sees each batch at once
 
     def dropped_lines(self) -> int:
+        return 0
+
+    def dropped_reports(self) -> int:
         return 0
 
     def flush(self, timeout_s: float, idle_s: Optional[float] = None) -> bool:
@@ -83,6 +87,7 @@ class LineSink:
 
     def tick(self, now: float) -> None:
         self._report_stalled()
+        self._notices.tick()  # what the once-a-second limit held back
 
     def _report_stalled(self) -> None:
         dropped = self._output.dropped_lines()

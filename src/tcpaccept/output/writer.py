@@ -14,6 +14,14 @@ What the caller gets:
 - Errors surface on the caller's thread at the next call: EPIPE as BrokenPipeError (the CLI
   treats `| head` as a normal end), anything else (ENOSPC, EIO, ...) as OutputError,
   ``cannot write output: <strerror> (N events not written)``.
+- A reader that went away is noticed without a write: while idle, the thread looks at a
+  pipe or socket every WATCH_S for POLLERR/POLLHUP (`tcpaccept -j | head -1` on a quiet
+  port) and calls ``on_closed``, so the caller can stop at once instead of at the next
+  event.
+- Reports that are not events (summary tables, ``lines=0``) are kept or dropped whole too,
+  and the dropped ones are counted (``dropped_reports``), so a lost summary is said.
+- A line longer than PIPE_BUF (a big JSON summary) is written to a pipe only when the pipe
+  has room for all of it, so that even an exit mid-stall leaves no half line.
 - Encoding never fails: UTF-8 unless stdout's encoding says otherwise (PYTHONIOENCODING,
   the locale); characters the encoding cannot hold are written as backslash escapes
   (``nginx→`` on latin-1 is ``nginx\\u2192``), lone surrogates as ``\\udcff``.
@@ -24,13 +32,16 @@ from __future__ import annotations
 import codecs
 import collections
 import errno
+import fcntl
 import os
 import select
 import stat
+import struct
 import sys
+import termios
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional, Protocol
 
 from ..errors import TcpacceptError
 
@@ -42,6 +53,14 @@ OUTPUT_ERROR_EXIT = 1
 _PROGRESS_CHECK_S = 0.02
 # Linux makes pipe writes of at most this many bytes atomic (pipe(7)).
 PIPE_BUF = select.PIPE_BUF
+# How often an idle writer looks whether the reader of its pipe or socket went away.
+WATCH_S = 0.25
+# How often a line longer than PIPE_BUF looks for room in the pipe.
+_ROOM_CHECK_S = 0.01
+
+
+class _SummaryNotices(Protocol):
+    def report_summaries(self, count: int) -> None: ...
 
 
 class OutputError(TcpacceptError):
@@ -75,7 +94,8 @@ class OutputWriter:
     """Writes whole lines to ``fd`` from a daemon thread; never blocks the caller."""
 
     def __init__(self, fd: int, limit_bytes: int = DEFAULT_LIMIT_BYTES,
-                 encoding: Optional[str] = None) -> None:
+                 encoding: Optional[str] = None,
+                 on_closed: Optional[Callable[[], None]] = None) -> None:
         if limit_bytes < 1:
             raise ValueError("limit_bytes must be positive")
         self._fd = fd
@@ -87,6 +107,8 @@ class OutputWriter:
             raise OutputError(exc.strerror or str(exc), 0) from None
         self._is_pipe = stat.S_ISFIFO(mode)
         self._is_file = stat.S_ISREG(mode)
+        self._watchable = self._is_pipe or stat.S_ISSOCK(mode)
+        self._on_closed = on_closed
         self._cond = threading.Condition()
         self._queue: collections.deque[_Chunk] = collections.deque()
         self._queued_bytes = 0  # queued plus the chunk being written: the memory bound
@@ -94,6 +116,7 @@ class OutputWriter:
         self._busy_done = 0  # how many of its bytes are out
         self._bytes_out = 0  # written in all, for flush to see progress
         self._dropped = 0  # events dropped since the last dropped_lines()
+        self._dropped_reports = 0  # lines=0 texts dropped since the last dropped_reports()
         self._error: Optional[OSError] = None
         self._not_written = 0  # events lost to the error
         self._closed = False
@@ -113,6 +136,7 @@ class OutputWriter:
             self._raise_if_failed(lines)
             if self._closed:
                 self._dropped += lines
+                self._dropped_reports += not lines
                 return
             room = self._limit - self._queued_bytes
             if len(data) > room:
@@ -122,6 +146,8 @@ class OutputWriter:
                     data = data[:cut + 1]
                     kept = data.count(b"\n")
                 self._dropped += lines - kept
+                if not lines:
+                    self._dropped_reports += 1
                 if not kept:
                     return
                 lines = kept
@@ -135,6 +161,13 @@ class OutputWriter:
         """Events dropped because the output stalled, since the previous call."""
         with self._cond:
             dropped, self._dropped = self._dropped, 0
+            return dropped
+
+    def dropped_reports(self) -> int:
+        """Reports (texts written with ``lines=0``: summary tables) dropped whole, or not
+        wholly written at close, since the previous call."""
+        with self._cond:
+            dropped, self._dropped_reports = self._dropped_reports, 0
             return dropped
 
     def pending_bytes(self) -> int:
@@ -181,8 +214,10 @@ class OutputWriter:
                 # The lines of a chunk stuck in write() count as lost: a reader that
                 # never resumes will not see them.
                 self._dropped += sum(chunk.events for chunk in self._queue)
+                self._dropped_reports += sum(not chunk.events for chunk in self._queue)
                 if self._busy is not None:
                     self._dropped += _unwritten(self._busy, self._busy_done)
+                    self._dropped_reports += not self._busy.events
             self._queue.clear()
             self._cond.notify_all()
 
@@ -205,8 +240,14 @@ class OutputWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
+                while not self._queue and not self._closed:
+                    if not self._cond.wait(WATCH_S) and self._reader_gone():
+                        self._error = BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+                        self._cond.notify_all()
+                        break
                 if not self._queue:
+                    if self._error is not None:
+                        self._tell_closed()
                     return
                 chunk = self._queue.popleft()
                 self._busy = chunk
@@ -223,8 +264,43 @@ class OutputWriter:
                     self._queue.clear()
                     self._queued_bytes = 0
                 self._cond.notify_all()
-                if error is not None:
-                    return
+            if error is not None:
+                if error.errno == errno.EPIPE:
+                    self._tell_closed()
+                return
+
+    def _reader_gone(self) -> bool:
+        """A pipe without readers says POLLERR, a socket whose peer left POLLHUP; a write
+        would then fail with EPIPE. Regular files and terminals are never asked."""
+        if not self._watchable:
+            return False
+        poller = select.poll()
+        poller.register(self._fd, 0)  # POLLERR and POLLHUP are always reported
+        return any(revents & (select.POLLERR | select.POLLHUP)
+                   for _fd, revents in poller.poll(0))
+
+    def _tell_closed(self) -> None:
+        if self._on_closed is not None:
+            self._on_closed()
+
+    def _wait_for_room(self, size: int) -> bool:
+        """A line longer than PIPE_BUF: wait until the pipe can take all of it, so that a
+        stalled reader never gets half of it. False when closed (or the reader left)
+        meanwhile: the caller writes nothing more."""
+        try:
+            capacity = fcntl.fcntl(self._fd, fcntl.F_GETPIPE_SZ)
+            if capacity < size:  # grow the pipe if we may; if not, a blocking write it is
+                capacity = fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            return True
+        while not self._closed:
+            if self._reader_gone():
+                return True  # the write gets EPIPE: the usual error path
+            queued = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0" * 4))[0]
+            if capacity - queued >= size:
+                return True
+            time.sleep(_ROOM_CHECK_S)
+        return False
 
     def _write_chunk(self, data: bytes) -> tuple[int, Optional[OSError]]:
         """Write all of data: (bytes written, None), or (bytes that got out, the error)."""
@@ -236,6 +312,8 @@ class OutputWriter:
                 # At most PIPE_BUF, ending at a line end: the kernel writes it all or none.
                 cut = data.rfind(b"\n", done, done + PIPE_BUF)
                 end = cut + 1 if cut >= 0 else data.find(b"\n", done) + 1 or len(data)
+                if end - done > PIPE_BUF and not self._wait_for_room(end - done):
+                    return done, None  # closed while waiting: close() counted the rest
             try:
                 written = os.write(self._fd, view[done:end])
                 done += written
@@ -274,10 +352,12 @@ def _unwritten(chunk: _Chunk, written: int) -> int:
 class BufferedText:
     """A TextIO front for code that writes a report in pieces and then flush()es (the
     summary tables): the pieces reach the writer together at flush, so a stalled reader
-    loses whole tables, never half of one, and the caller never blocks."""
+    loses whole tables, never half of one, and the caller never blocks. A table dropped
+    is said like dropped events (``notices.report_summaries``)."""
 
-    def __init__(self, writer: OutputWriter) -> None:
+    def __init__(self, writer: OutputWriter, notices: Optional[_SummaryNotices] = None) -> None:
         self._writer = writer
+        self._notices = notices
         self._parts: list[str] = []
 
     def write(self, text: str) -> int:
@@ -288,4 +368,12 @@ class BufferedText:
         if self._parts:
             text = "".join(self._parts)
             self._parts.clear()
-            self._writer.write_lines(text, 0)  # not events: kept or dropped whole
+            try:
+                self._writer.write_lines(text, 0)  # not events: kept or dropped whole
+            except BrokenPipeError:
+                # The reader left (on_closed stops the loop): the session's last flush
+                # raises it again; here it would cut the summary sink's close short,
+                # before its notices are said.
+                return
+            if self._notices is not None:
+                self._notices.report_summaries(self._writer.dropped_reports())

@@ -80,7 +80,7 @@ class UringServer:
         return message
 
     def wait_armed(self) -> None:
-        """Overflow mode: every accept is in flight."""
+        """Overflow and prearmed servers: every accept is in flight."""
         assert self._read() == {"armed": True}
 
     def reap(self) -> None:
@@ -116,12 +116,16 @@ class UringServer:
 
 
 def start_uring_server(mode: str, family: int, host: str, n: int,
-                       comm: Optional[str] = None, port: int = 0) -> UringServer:
-    """Listen on host:port (0: chosen by the kernel); accepts n connections via io_uring."""
-    if mode not in MODES:
+                       comm: Optional[str] = None, port: int = 0,
+                       prearmed: bool = False) -> UringServer:
+    """Listen on host:port (0: chosen by the kernel); accepts n connections via io_uring.
+    prearmed: every accept is armed at once before any connection (wait_armed says when;
+    n <= 64)."""
+    if mode not in MODES or (prearmed and mode == "overflow"):
         raise ValueError(f"unknown io_uring server mode {mode!r}")
     comm = comm or f"uring-{mode}"[:15]
-    argv = [str(binary("accept_server")), mode, str(family), host, comm, str(n), str(port)]
+    argv = [str(binary("accept_server")), f"prearmed-{mode}" if prearmed else mode,
+            str(family), host, comm, str(n), str(port)]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     server = UringServer(proc, mode, family, host, comm, n, 0, 0, -1)
     try:

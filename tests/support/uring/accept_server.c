@@ -10,6 +10,10 @@
  *   overflow      all accepts armed at once on a 4-entry CQ ring, reaped only when told:
  *                 most completions land in the CQ overflow list
  *
+ * prearmed-MODE (single, multishot, direct-*, async, sqpoll): every accept armed at once
+ * before any connection (one multishot request, or N requests), then {"armed": true}: a
+ * server that armed before a tracer started.
+ *
  * usage: accept_server MODE FAMILY(4|6) HOST COMM N [PORT]   (PORT 0 or none: any)
  * stdout, one JSON object a line: {"port", "pid", "listen_fd"} once listening; in overflow
  * mode {"armed": true} once every accept is in flight (then it waits for "reap" on stdin);
@@ -31,6 +35,8 @@
 
 #define MAX_ACCEPTS 4096
 #define OVERFLOW_RING_ENTRIES 4
+#define RING_ENTRIES 64
+#define PREARMED_MAX RING_ENTRIES /* N requests in flight at once: the SQ ring's size */
 
 static int accepted_res[MAX_ACCEPTS];
 static int accepted;
@@ -125,7 +131,15 @@ static void submit(struct io_uring *ring)
 		fail("io_uring_submit", -err);
 }
 
-static void one_at_a_time(struct io_uring *ring, int listen_fd, const char *mode, int n)
+static void announce_armed(void)
+{
+	printf("{\"armed\": true}\n");
+	fflush(stdout);
+}
+
+/* One accept after another; with `prearmed`, all N submitted at once first. */
+static void one_at_a_time(struct io_uring *ring, int listen_fd, const char *mode, int n,
+			  int prearmed)
 {
 	for (int i = 0; i < n; i++) {
 		struct io_uring_sqe *sqe = next_sqe(ring);
@@ -141,12 +155,20 @@ static void one_at_a_time(struct io_uring *ring, int listen_fd, const char *mode
 		if (!strcmp(mode, "async"))
 			io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
 		sqe->user_data = 1000 + i;
+		if (prearmed)
+			continue;
 		submit(ring);
 		take(ring, wait_one(ring));
 	}
+	if (!prearmed)
+		return;
+	submit(ring);
+	announce_armed();
+	while (accepted < n)
+		take(ring, wait_one(ring));
 }
 
-static void multishot(struct io_uring *ring, int listen_fd, int n)
+static void multishot(struct io_uring *ring, int listen_fd, int n, int prearmed)
 {
 	int armed = 0;
 
@@ -157,6 +179,8 @@ static void multishot(struct io_uring *ring, int listen_fd, int n)
 			io_uring_prep_multishot_accept(sqe, listen_fd, NULL, NULL, 0);
 			sqe->user_data = 7;
 			submit(ring);
+			if (prearmed && !accepted)
+				announce_armed();
 		}
 		armed = take(ring, wait_one(ring));
 	}
@@ -178,8 +202,7 @@ static int overflow(struct io_uring *ring, int listen_fd, int n)
 		sqe->user_data = 2000 + i;
 	}
 	submit(ring);
-	printf("{\"armed\": true}\n");
-	fflush(stdout);
+	announce_armed();
 	if (!fgets(line, sizeof(line), stdin) || strncmp(line, "reap", 4))
 		fail("expected reap on stdin", EPROTO);
 	/* Set by the kernel while completions wait in its overflow list (IORING_FEAT_NODROP). */
@@ -196,14 +219,18 @@ int main(int argc, char **argv)
 	char line[64];
 	int listen_fd, n, err, overflowed = 0;
 	const char *mode;
+	int prearmed;
 
 	if (argc != 6 && argc != 7) {
 		fprintf(stderr, "usage: %s MODE FAMILY HOST COMM N [PORT]\n", argv[0]);
 		return 2;
 	}
 	mode = argv[1];
+	prearmed = !strncmp(mode, "prearmed-", 9);
+	if (prearmed)
+		mode += 9;
 	n = atoi(argv[5]);
-	if (n < 1 || n > MAX_ACCEPTS)
+	if (n < 1 || n > MAX_ACCEPTS || (prearmed && n > PREARMED_MAX))
 		fail("N out of range", ERANGE);
 	prctl(PR_SET_NAME, argv[4], 0, 0, 0);
 	listen_fd = listen_on(atoi(argv[2]), argv[3], argc == 7 ? atoi(argv[6]) : 0, n + 16);
@@ -216,7 +243,8 @@ int main(int argc, char **argv)
 		params.flags = IORING_SETUP_CQSIZE;
 		params.cq_entries = OVERFLOW_RING_ENTRIES;
 	}
-	err = io_uring_queue_init_params(!strcmp(mode, "overflow") ? OVERFLOW_RING_ENTRIES : 64,
+	err = io_uring_queue_init_params(!strcmp(mode, "overflow") ? OVERFLOW_RING_ENTRIES
+								    : RING_ENTRIES,
 					 &ring, &params);
 	if (err)
 		fail("io_uring_queue_init_params", -err);
@@ -230,12 +258,12 @@ int main(int argc, char **argv)
 	fflush(stdout);
 
 	if (!strcmp(mode, "multishot"))
-		multishot(&ring, listen_fd, n);
-	else if (!strcmp(mode, "overflow"))
+		multishot(&ring, listen_fd, n, prearmed);
+	else if (!strcmp(mode, "overflow") && !prearmed)
 		overflowed = overflow(&ring, listen_fd, n);
 	else if (!strcmp(mode, "single") || !strcmp(mode, "async") || !strcmp(mode, "sqpoll") ||
 		 !strncmp(mode, "direct-", 7))
-		one_at_a_time(&ring, listen_fd, mode, n);
+		one_at_a_time(&ring, listen_fd, mode, n, prearmed);
 	else
 		fail("unknown mode", EINVAL);
 

@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The two ways a program reads a kernel field: a direct load through a BTF pointer (the
+ * verifier checks the access; no helper call) or a probe read. Every helper that serves
+ * both kinds of program takes `direct`, a constant at each call site (all is inlined): each
+ * program is compiled with only one of the two. */
+#ifndef TCPACCEPT_KREAD_BPF_H
+#define TCPACCEPT_KREAD_BPF_H
+
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+/* ___arrow is bpf_core_read.h's "a->b->c" builder, the one BPF_CORE_READ itself uses. */
+#define KREAD(direct, src, ...) \
+	((direct) ? ___arrow((src), __VA_ARGS__) : BPF_CORE_READ((src), __VA_ARGS__))
+
+/* Retypes a pointer for direct loads (6.2; the verifier turns the call into a move). Weak:
+ * the object still loads on older kernels, where user space loads no program that calls it. */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
+
+#endif
