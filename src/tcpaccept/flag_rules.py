@@ -12,10 +12,10 @@ import argparse
 import os
 from typing import Optional
 
-from .containers.runtimes import CONTAINERD_TASKS, DOCKER_CONTAINERS, STORAGE_DIRS
+from .containers.runtimes import CONTAINERD_TASK_DIRS, DOCKER_CONTAINERS, STORAGE_DIRS
 
 # What --host-root is for: the host's /proc, its cgroup tree, the runtimes' state.
-HOST_ROOT_PATHS = ("proc/1", "sys/fs/cgroup", CONTAINERD_TASKS, DOCKER_CONTAINERS,
+HOST_ROOT_PATHS = ("proc/1", "sys/fs/cgroup", *CONTAINERD_TASK_DIRS, DOCKER_CONTAINERS,
                    *STORAGE_DIRS)
 
 

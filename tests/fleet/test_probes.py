@@ -1,6 +1,7 @@
 """The DaemonSet's probe path and listen address: a real agent started with the DaemonSet's
 own arguments (`--metrics [::]:PORT`, only the port swapped) answers /healthz and /metrics on
-127.0.0.1 and on ::1; /healthz turns 503 with its reason when the main loop stops beating."""
+127.0.0.1 and on ::1 (its 503 when the main loop stops ticking:
+tests/unit/test_metrics_endpoint.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Iterator
 
 import pytest
 
-from tcpaccept.metrics_server import Heartbeat, MetricsServer
 from tests.fleet.deployment import VENV_BIN, agent_args, agent_container, scrape
 from tests.support.child import Child, free_port
 
@@ -54,15 +54,3 @@ def test_daemonset_address_answers_on_ipv4_and_ipv6(agent_port: int) -> None:
         assert get(f"http://{host}:{agent_port}/healthz") == (200, "ok\n"), host
         status, body = get(f"http://{host}:{agent_port}/metrics")
         assert status == 200 and "tcpaccept_aggregation_overflow_total" in body, host
-
-
-def test_healthz_reports_a_loop_that_stopped_beating() -> None:
-    heartbeat = Heartbeat(stale_s=0.3)
-    with MetricsServer("127.0.0.1", 0, registry=None, heartbeat=heartbeat) as server:
-        url = f"http://127.0.0.1:{server.port}/healthz"
-        assert get(url) == (503, "main loop has not started\n")
-        heartbeat.beat()
-        assert get(url) == (200, "ok\n")
-        time.sleep(1.2)
-        status, body = get(url)
-        assert status == 503 and body.startswith("main loop stalled for "), body

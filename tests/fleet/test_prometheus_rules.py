@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tcpaccept.metrics import BUCKETS
+from tcpaccept.exposition import BUCKETS
 from tests.fleet.deployment import PROMETHEUS
 
 RULES = "tcpaccept-rules.yml"
