@@ -74,8 +74,10 @@ class LineSink:
         if kind is Accept:
             line = self._accept_line
             if line is not None:
-                # map() in C and one join: no copy of each line to append its newline.
-                self._write_lines("\n".join(map(line, items)) + "\n", len(items))
+                if len(items) == 1:  # a quiet host: one accept per wakeup
+                    self._write_lines(line(items[0]) + "\n", 1)
+                else:  # map() in C and one join: no copy of each line for its newline
+                    self._write_lines("\n".join(map(line, items)) + "\n", len(items))
         elif kind is Drop:
             if self._drop_line is not None:
                 drop_line = self._drop_line
