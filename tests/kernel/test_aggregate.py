@@ -96,6 +96,7 @@ def test_no_ring_buffer_record_when_nothing_prints_lines() -> None:
     assert totals.pid == server.pid and totals.comm == "loadsrv"
 
 
+@pytest.mark.method_agnostic  # a map's bound
 def test_idle_listener_series_expire_and_its_counter_restarts() -> None:
     with accept_server(5) as server, _in_process_tracer(server.port, False) as tracer:
         sink = MetricsSink(AggregateReader(tracer), labels=("laddr", "lport"), ttl_s=1.0)
@@ -116,6 +117,7 @@ def test_idle_listener_series_expire_and_its_counter_restarts() -> None:
     assert len(left) == 1
 
 
+@pytest.mark.method_agnostic  # a map's bound
 def test_summary_remotes_map_is_bounded_and_says_when_it_evicts() -> None:
     n = 10000  # distinct client addresses, more than remote_counts holds (8192)
     with accept_server(n) as server:
@@ -194,6 +196,7 @@ def test_dual_stack_wildcard_listener_is_keyed_by_its_bound_address() -> None:
     assert [(labels["laddr"], value) for labels, value in series] == [("::", 3)]
 
 
+@pytest.mark.method_agnostic  # a map's bound
 def test_a_full_listener_map_counts_what_it_could_not_aggregate(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aggregate, "listener_entries", lambda _ncpus: 4)

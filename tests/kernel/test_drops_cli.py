@@ -21,6 +21,8 @@ from tests.support.netns import NetNamespace
 from tests.support.servers import start_server
 from tests.support.tracer import start_tracer
 
+pytestmark = pytest.mark.method_agnostic  # sock_diag only
+
 
 @pytest.fixture
 def namespace() -> Iterator[NetNamespace]:

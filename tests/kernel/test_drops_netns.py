@@ -22,7 +22,7 @@ from tests.support import netns as netns_support
 from tests.support.netns import NetNamespace
 from tests.support.servers import Server, start_server
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.method_agnostic]  # sock_diag only
 
 COMM = "nsdropsrv"  # set by the server itself (prctl), so the owner lookup is checked exactly
 FLOOD = 20

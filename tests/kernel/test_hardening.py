@@ -32,7 +32,7 @@ import pytest
 from tcpaccept.output.writer import OutputError, OutputWriter
 from tests.support.tracer import BANNER, tcpaccept_command
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]  # load against a stalled reader
 
 OUTPUT_ERROR = re.compile(
     r"^tcpaccept: cannot write output: No space left on device \((\d+) events not written\)$")

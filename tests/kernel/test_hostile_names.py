@@ -22,7 +22,7 @@ from tcpaccept.output.escape import escape_text
 from tests.support.containers import cgroup2_mount
 from tests.support.tracer import start_tracer
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.method_agnostic]  # output escaping
 
 HOSTILE = b"\x1b[31mEV\nX 1"  # 11 bytes: colours the terminal red, then a forged line
 HOSTILE_SHOWN = "\\x1b[31mEV\\nX 1"

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.inner_run import run_inner_pytest
 from tests.support.leftovers import program_loaded
+
+pytestmark = pytest.mark.method_agnostic  # the test harness, not the attach method
 
 
 def test_a_passing_test_that_leaves_its_tracer_running_fails_and_it_is_stopped(

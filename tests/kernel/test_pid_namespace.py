@@ -145,6 +145,7 @@ def test_pid_filter_matches_and_shows_the_namespace_pids() -> None:
     assert seen["stderr"].splitlines()[0] == _notice(seen["namespace"])
 
 
+@pytest.mark.method_agnostic  # namespace bookkeeping
 def test_accepts_outside_the_namespace_are_not_shown_but_counted() -> None:
     with start_server(comm="host-outside") as host:
         host.accept_async(2)
@@ -157,6 +158,7 @@ def test_accepts_outside_the_namespace_are_not_shown_but_counted() -> None:
         "shown" in seen["stderr"].splitlines(), seen["stderr"]
 
 
+@pytest.mark.method_agnostic  # namespace bookkeeping
 def test_a_nested_namespace_is_numbered_as_the_tracer_sees_it() -> None:
     seen = in_new_pid_namespace("nested_scenario")
     assert seen["own_pid"] == 1 and seen["here"] != 1
@@ -179,6 +181,7 @@ def test_io_uring_accepts_show_the_namespace_pid_and_tid() -> None:
         assert e["tid"] != e["pid"] and e["tid"] in seen["threads"], (e, seen["threads"])
 
 
+@pytest.mark.method_agnostic  # namespace bookkeeping
 def test_the_initial_namespace_prints_no_notice() -> None:
     with start_server(comm="host-plain") as server:
         run = start_tracer("-p", str(server.pid))

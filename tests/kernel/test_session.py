@@ -8,6 +8,8 @@ import socket
 import subprocess
 import threading
 
+import pytest
+
 from tcpaccept.config import Config
 from tcpaccept.drops import DropMonitorError
 from tcpaccept.model import Accept, Drop, Lost
@@ -15,6 +17,8 @@ from tcpaccept.run import StopFlag, run
 from tcpaccept.tracer import Tracer
 from tests.support.servers import connect, start_server
 from tests.support.tracer import PROBE, tcpaccept_command
+
+pytestmark = pytest.mark.method_agnostic  # the session, not the attach method
 
 
 def test_metrics_port_taken_is_one_line_and_exit_1() -> None:
