@@ -81,6 +81,10 @@ class TracerRun:
     def stderr(self) -> str:
         return self.child.text("stderr")
 
+    def text(self, stream: str = "stdout") -> str:
+        """What it printed on `stream` so far (as Child.text)."""
+        return self.child.text(stream)
+
     @property
     def lines(self) -> list[str]:
         return [line for line in self.stdout.splitlines() if line.strip()]
