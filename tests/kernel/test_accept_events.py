@@ -11,6 +11,9 @@ import time
 
 import pytest
 
+from tcpaccept import libbpf, probes
+from tcpaccept.event import default_object_path
+from tests.support.leftovers import program_loaded
 from tests.support.servers import connect, start_server
 from tests.support.tracer import attach_method, start_tracer
 
@@ -167,32 +170,38 @@ def test_default_output_is_the_seed_layout() -> None:
     client.close()
 
 
-def _our_program_ids() -> set[int]:
-    programs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                         text=True, check=True).stdout)
-    # The kernel keeps 15 bytes of a name; newer bpftool shows the full one from BTF.
-    return {p["id"] for p in programs if p.get("name", "")[:15] in OUR_PROGRAM_NAMES}
+def _object_program_names() -> set[str]:
+    """Every program in the BPF object, read from the object itself."""
+    with libbpf.BpfObject(str(default_object_path())) as obj:
+        return {program.name for program in obj.programs()}
 
 
-# Program names as the kernel keeps them (15 bytes), for every attach method.
-OUR_PROGRAM_NAMES = {name[:15] for name in (
-    "tp_exit_accept4", "tp_exit_accept", "tp_enter_accept4", "tp_enter_accept",
-    "stamp_established", "fexit_inet_csk_accept", "fexit_inet_csk_accept_pre_6_10",
-    "kprobe_inet_csk_accept", "kretprobe_inet_csk_accept", "iouring_submit_req",
-    "iouring_complete", "iouring_complete_pre_6_13", "iouring_cqe_overflow")}
+def _program_name(prog_id: int) -> str:
+    info = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                                     capture_output=True, text=True, check=True).stdout)
+    return info["name"]
+
+
+def _planned_program_sets() -> list[set[str]]:
+    """What the default run loads by the plan: its programs, or its fallback's when the
+    verifier refuses the BTF walk (names as the kernel keeps them: 15 bytes)."""
+    plan = probes.plan_for(attach_method())
+    plans = [plan] + ([plan.fallback] if plan.fallback else [])
+    return [{name[:15] for name in p.programs} for p in plans]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_detaches_and_leaves_no_program_loaded(stop_signal: int) -> None:
-    before = _our_program_ids()  # another tracer may run on the box: compare by id
     run = start_tracer()
-    loaded = _our_program_ids() - before
-    assert len(loaded) >= 2, "the tracer's programs should be listed while it runs"
+    loaded = run.programs  # its own, by its fds: other tracers may run on the machine
+    names = {_program_name(i)[:15] for i in loaded}
     run.stop(stop_signal)
+    assert len(names) == len(loaded) and names in _planned_program_sets(), names
+    assert names <= {name[:15] for name in _object_program_names()}
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip() == "Tracing TCP accepts. Hit Ctrl-C to end."
     # The kernel frees a detached program after an RCU grace period: allow it a moment.
     deadline = time.monotonic() + 5
-    while loaded & _our_program_ids() and time.monotonic() < deadline:
+    while any(map(program_loaded, loaded)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not loaded & _our_program_ids()
+    assert not [i for i in loaded if program_loaded(i)]
