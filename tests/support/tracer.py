@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Iterable, Optional, Sequence
 
 from tests.support import leftovers
-from tests.support.child import Child, ChildError
+from tests.support.child import Child, ChildError, Output
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 # The kernel matrix runs the same tests with each attach method forced.
@@ -126,17 +126,21 @@ def _parse_json(line: str) -> dict:
 
 
 def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30,
-                 wrapper: Sequence[str] = (), probe: str = PROBE,
-                 env: Optional[dict] = None) -> TracerRun:
+                 wrapper: Sequence[str] = (), probe: str = PROBE, env: Optional[dict] = None,
+                 stdout: Output = subprocess.PIPE,
+                 banner_stream: Optional[str] = None) -> TracerRun:
     """Start tcpaccept and return once it is attached (its banner has been printed).
-    `wrapper` runs it under another command that execs it (setpriv, prlimit, unshare)."""
+    `wrapper` runs it under another command that execs it (setpriv, prlimit, unshare);
+    `stdout` may be a file (a Path) or a descriptor the test holds (a pipe it reads
+    slowly); the banner is on stderr in JSON mode and with -q (`banner_stream`)."""
     command = [*wrapper, *tcpaccept_command(*(("--json",) if json_mode else ()), *args,
                                             probe=probe)]
-    child = Child(command, env=env)
+    child = Child(command, env=env, stdout=stdout)
     run = TracerRun(child, json_mode)
     RUNNING.append(run)
+    banner_stream = banner_stream or ("stderr" if json_mode else "stdout")
     try:
-        child.wait_for_text(BANNER, "stderr" if json_mode else "stdout", timeout)
+        child.wait_for_text(BANNER, banner_stream, timeout)
     except ChildError as exc:
         child.stop(signal.SIGKILL)
         run._forget()
@@ -147,10 +151,12 @@ def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30,
 
 
 def stop_leftover_tracers() -> list[str]:
-    """Stop every tracer a test left running; their command lines."""
+    """Stop every tracer a test left running; their command lines. (One that exited by
+    itself, or that the test ended another way, is only reaped.)"""
     left = []
     for run in list(RUNNING):
-        left.append(" ".join(run.child.argv))
+        if run.proc.poll() is None:
+            left.append(" ".join(run.child.argv))
         run.child.stop(signal.SIGINT, timeout=20)
         run._forget()
     return left
