@@ -388,20 +388,12 @@ def test_event_times_are_right_inside_a_time_namespace() -> None:
     times must still be now, not a day off (issue 14 item 7)."""
     import datetime
 
-    with tempfile.TemporaryFile() as out, accept_load() as port:
-        proc = subprocess.Popen(["unshare", "--time", "--monotonic", "86400",
-                                 *tcpaccept_command("--json", "-P", str(port), "-n", "5")],
-                                stdout=out.fileno(), stderr=subprocess.PIPE, text=True)
-        try:
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        stderr = proc.stderr.read() if proc.stderr else ""
-        out.seek(0)
-        events = [json.loads(line) for line in out.read().splitlines()]
-    assert proc.returncode == 0, stderr
+    with accept_load() as port, \
+            start_tracer("-P", str(port), "-n", "5",
+                         wrapper=["unshare", "--time", "--monotonic", "86400"]) as tracer:
+        tracer.proc.wait(30)
+    events = tracer.events()
+    assert tracer.returncode == 0, tracer.stderr
     assert len(events) == 5, events
     now = datetime.datetime.now().astimezone()
     for event in events:
