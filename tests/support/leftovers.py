@@ -48,9 +48,24 @@ def bpf_ids(pid: int, kind: str = "prog") -> set[int]:
     return ids
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (a wrapper such as `unshare --fork` runs the tracer
+    as its child)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text()
+                queue.extend(int(child) for child in children.split())
+    return found
+
+
 def record_programs(pid: int) -> set[int]:
-    """Remember the programs a test's tracer holds, for the session-end check."""
-    ids = bpf_ids(pid, "prog")
+    """Remember the programs a test's tracer (pid, or a process below it) holds, for the
+    session-end check."""
+    ids = set().union(*(bpf_ids(each, "prog") for each in descendants(pid)))
     PROGRAMS_STARTED.update(ids)
     return ids
 
