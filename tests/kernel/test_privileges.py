@@ -263,16 +263,18 @@ def _wait_steady(read: Callable[[], int], timeout: float = 5.0) -> None:
 CAPABILITY_WARNING = "tcpaccept: warning: listener drops (--drops, -s): "
 # Warnings --drops may add besides the capability one: namespaces created by others on this
 # machine (other tests, containers) that this user cannot enter. Not this test's business.
-OTHER_NAMESPACE = re.compile(r"tcpaccept: warning: listener drops: (cannot (enter|open) "
-                             r"network namespace \d+: .*|sampling works again)$")
+OTHER_NAMESPACE = re.compile(r"tcpaccept: warning: listener drops: network namespace (\d+): "
+                             r"(cannot (enter|open) network namespace \1: .*|"
+                             r"sampling works again)$")
 
 
 def capability_warnings(tracer: TracerRun) -> list[str]:
-    """The --drops capability warnings; every other warning must be about a namespace."""
-    warnings = warnings_of(tracer)
-    others = [w for w in warnings if not w.startswith(CAPABILITY_WARNING)]
+    """The --drops capability warnings; every other drop warning must be about a namespace
+    this user cannot enter."""
+    drops = [w for w in warnings_of(tracer) if w.startswith("tcpaccept: warning: listener drops")]
+    others = [w for w in drops if not w.startswith(CAPABILITY_WARNING)]
     assert all(OTHER_NAMESPACE.match(w) for w in others), tracer.text("stderr")
-    return [w for w in warnings if w.startswith(CAPABILITY_WARNING)]
+    return [w for w in drops if w.startswith(CAPABILITY_WARNING)]
 
 
 def drop_rows(tracer: TracerRun) -> list[dict]:
