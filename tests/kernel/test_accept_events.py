@@ -53,7 +53,7 @@ def _assert_matches(events: list[dict], server, clients, accepted) -> None:
 )
 def test_each_accept_reports_server_and_client_exactly(family: int, host: str) -> None:
     with start_server(host, family) as server:
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))  # its own: not the machine's
         clients = [connect(host, server.port, family) for _ in range(N)]
         accepted = server.accept(N)
         run.stop()
@@ -67,7 +67,7 @@ def test_each_accept_reports_server_and_client_exactly(family: int, host: str) -
 
 def test_dual_stack_listener_reports_ipv4_client_as_ipv4() -> None:
     with start_server("::", socket.AF_INET6, v6only=False) as server:
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))
         client = connect("127.0.0.1", server.port)
         accepted = server.accept(1)
         run.stop()
@@ -82,7 +82,7 @@ def test_backlog_is_the_listeners_queue_after_the_accept() -> None:
     with start_server(backlog=8) as server:
         clients = [connect("127.0.0.1", server.port) for _ in range(5)]
         time.sleep(0.2)  # all five handshakes complete: five children queued
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))
         server.accept(1)
         run.stop()
         (event,) = run.events([server.pid])
@@ -99,7 +99,7 @@ def test_accept_blocked_before_tracing_started_matches_the_method() -> None:
     with start_server() as server:
         server.accept_async(1)  # blocks in accept() now, before the tracer exists
         time.sleep(0.3)
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))
         client = connect("127.0.0.1", server.port)
         accepted = server.collect()
         # Control: an accept that starts after the tracer is seen by every method.

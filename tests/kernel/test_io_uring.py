@@ -133,7 +133,7 @@ def built() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_io_uring_accepts_are_reported_exactly(mode: str, family: int, host: str) -> None:
     n = 3 * OVERFLOW_CQ_ENTRIES if mode == "overflow" else 6
-    run = start_tracer()
+    run = start_tracer("-c", f"uring-{mode}"[:15])  # the server's name: not the machine's
     try:
         server, clients = serve(mode, family, host, n)
         # Teardown while tracing: a still-armed multishot accept is cancelled (negative

@@ -15,7 +15,8 @@ from tests.support.tracer import TracerRun, start_tracer
 
 
 def test_queue_latency_grows_by_the_servers_sleep() -> None:
-    with start_server(backlog=16) as server, start_tracer("--latency") as run:
+    with start_server(backlog=16) as server, \
+            start_tracer("--latency", "-p", str(server.pid)) as run:
         clients = [connect("127.0.0.1", server.port) for _ in range(5)]
         server.accept_async(5, sleep=0.2)  # sleep 200 ms before each accept
         server.collect()
@@ -45,7 +46,7 @@ def test_connection_established_before_tracing_has_null_latency() -> None:
     with start_server() as server:
         client = connect("127.0.0.1", server.port)
         time.sleep(0.1)
-        with start_tracer() as run:
+        with start_tracer("-p", str(server.pid)) as run:
             server.accept(1)
     (event,) = run.events([server.pid])
     assert event["queue_latency_us"] is None
