@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import leftovers
-from tests.support.tracer import stop_leftover_tracers
+from tests.support.tracer import RUNNING, stop_leftover_tracers
 
 MARKER = leftovers.mark_run()
 _FOUND: list[str] = []
@@ -33,8 +33,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture(autouse=True)
 def stops_its_tracers(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Running already: a module- or session-scoped fixture's tracer, not this test's.
+    shared = list(RUNNING)
     yield
-    left = stop_leftover_tracers()
+    left = stop_leftover_tracers(spare=shared)
     if left and not request.node.stash.get(_CALL_FAILED, True):
         pytest.fail("the test left its tracer running (use `with start_tracer(...)` or "
                     "stop it): " + "; ".join(left), pytrace=False)

@@ -55,3 +55,23 @@ def test_loaded_programs_are_seen_through_the_tracers_own_fds() -> None:
         ids = run.bpf_ids("prog")
         assert ids and ids == run.programs and all(program_loaded(i) for i in ids)
     assert not [i for i in ids if program_loaded(i)]
+
+
+def test_a_module_fixtures_tracer_is_left_to_its_fixture(tmp_path: Path) -> None:
+    inner = run_inner_pytest(tmp_path, """
+        import pytest
+        from tests.support.tracer import start_tracer
+
+        @pytest.fixture(scope="module")
+        def tracer():
+            with start_tracer() as run:
+                yield run
+
+        def test_one(tracer) -> None:
+            assert tracer.proc.poll() is None
+
+        def test_two(tracer) -> None:
+            assert tracer.proc.poll() is None  # not stopped after test_one
+    """)
+    assert inner.returncode == 0, inner.stdout + inner.stderr
+    assert "2 passed" in inner.stdout and "left running" not in inner.stdout

@@ -150,11 +150,12 @@ def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30,
     return run
 
 
-def stop_leftover_tracers() -> list[str]:
-    """Stop every tracer a test left running; their command lines. (One that exited by
-    itself, or that the test ended another way, is only reaped.)"""
+def stop_leftover_tracers(spare: Iterable[TracerRun] = ()) -> list[str]:
+    """Stop every tracer a test left running, except `spare` (those of module- or
+    session-scoped fixtures, which stop them themselves); their command lines. (One that
+    exited by itself, or that the test ended another way, is only reaped.)"""
     left = []
-    for run in list(RUNNING):
+    for run in [run for run in RUNNING if run not in set(spare)]:
         if run.proc.poll() is None:
             left.append(" ".join(run.child.argv))
         run.child.stop(signal.SIGINT, timeout=20)
