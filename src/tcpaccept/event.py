@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from . import btf as btf_mod
 from .errors import TcpacceptError
@@ -116,21 +116,6 @@ class RecordLayout:
         finally:
             btf.close()
 
-    def encode(self, **values: Any) -> bytes:
-        """A raw record as the kernel would write it (for unit tests and the benchmark).
-        Missing fields are 0 (fd/listen_fd -1, tid = pid); `comm` may be a str, `probe` a
-        name."""
-        values.setdefault("tid", values.get("pid", 0))
-        values.setdefault("fd", -1)
-        values.setdefault("listen_fd", -1)
-        comm = values.get("comm", b"")
-        if isinstance(comm, str):
-            values["comm"] = comm.encode()[:self.comm_len - 1]
-        probe = values.get("probe", 0)
-        if isinstance(probe, str):
-            values["probe"] = next(k for k, v in self.probe_names.items() if v == probe)
-        return self.struct.pack(*(values.get(f.name, b"" if f.length else 0)
-                                  for f in self.fields))
 
 
 def _mismatch(source: str, what: str) -> TcpacceptError:

@@ -199,6 +199,7 @@ def _burst_of_new_listeners() -> tuple[set[str], bytes]:
             sock.close()
 
 
+@pytest.mark.host_only  # 4 x 4,000 new listeners at once: full speed (minutes in a guest)
 def test_a_burst_of_new_listeners_is_counted_while_the_listener_map_is_not_full(
         many_fds: None) -> None:
     """The early aggregation_overflow (issue 17): with entries allocated as listeners

@@ -7,6 +7,8 @@ import pytest
 
 from tcpaccept.btf import kernel_btf_has_name, kernel_btf_has_struct, kernel_has_struct
 
+pytestmark = [pytest.mark.method_agnostic]  # reads the kernel BTF file, no attach method
+
 # Structs every kernel with BTF has, names that exist only as other kinds (a function, a
 # kfunc, a member), and one that exists nowhere. proto_accept_arg is the 6.10+ question.
 NAMES = ("sock", "tcp_sock", "sk_buff", "in6_addr", "task_struct", "proto_accept_arg",

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.kernel.test_hardening import STALLED, accept_load, start, wait_for
 from tests.support.accept_load import samples, scrape
 from tests.support.child import free_port
+
+# Sustained accept load against a stalled reader, with --metrics.
+pytestmark = [pytest.mark.host_only]
 
 
 def test_output_stalls_are_exported_as_lost_events() -> None:

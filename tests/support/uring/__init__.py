@@ -79,6 +79,9 @@ class UringServer:
     pid: int
     listen_fd: int
     result: dict = field(default_factory=dict)
+    # Its threads once every accept completed: the submitter and any io-wq (iou-wrk-N) or
+    # SQPOLL (iou-sqp-N) worker that may have run one (an idle worker lives on for 5 s).
+    threads: set[int] = field(default_factory=set)
 
     def _read(self) -> dict:
         assert self.proc.stdout
@@ -104,6 +107,7 @@ class UringServer:
         """{"accepted": N, "fds": [...], "overflowed": bool} once N accepts completed."""
         self.result = self._read()
         assert self.result.get("accepted") == self.n, self.result
+        self.threads = {int(tid) for tid in os.listdir(f"/proc/{self.pid}/task")}
         return self.result
 
     def _send(self, line: str) -> None:
