@@ -17,6 +17,7 @@ import pytest
 from tests.fleet.deployment import ROOT
 
 OBJECT = "tcpaccept/bpf/tcpaccept.bpf.o"
+LISTENERS_OBJECT = "tcpaccept/bpf/listeners.bpf.o"  # the iterator: one for every machine
 MAN_PAGE = "data/share/man/man8/tcpaccept.8"
 MACHINES = ("x86_64", "aarch64")
 BPF_DIR = ROOT / "src" / "tcpaccept" / "bpf"
@@ -41,6 +42,7 @@ def copy_checkout(dest: Path, with_object: bool) -> Path:
                            capture_output=True, text=True, check=True).stdout.split()
     if with_object:
         files += [f"src/tcpaccept/bpf/{machine}/tcpaccept.bpf.o" for machine in MACHINES]
+        files.append(f"src/{LISTENERS_OBJECT}")
     for name in files:
         if (ROOT / name).is_file() and not name.startswith(("tests/", "bench/")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def test_wheel_per_machine_carries_that_machines_object(tmp_path: Path, machine:
     assert wheel.name.endswith(f"-py3-none-linux_{machine}.whl")
     with zipfile.ZipFile(wheel) as archive:
         objects = [n for n in archive.namelist() if n.endswith(".o")]
-        assert objects == [OBJECT]
+        assert sorted(objects) == [LISTENERS_OBJECT, OBJECT]
         assert archive.read(OBJECT) == (BPF_DIR / machine / "tcpaccept.bpf.o").read_bytes()
     other = next(m for m in MACHINES if m != machine)
     assert (BPF_DIR / machine / "tcpaccept.bpf.o").read_bytes() != \
@@ -113,6 +115,7 @@ def test_prebuilt_object_is_reused_without_clang(tmp_path: Path, machine: str) -
     built = source / "src" / "tcpaccept" / "bpf" / machine / "tcpaccept.bpf.o"
     assert built.is_file(), "no object: run scripts/setup.sh first"
     os.utime(built)  # newer than its sources, as after `make`
+    os.utime(source / "src" / LISTENERS_OBJECT)
     before = built.read_bytes()
     bin_dir = no_compiler_bin(tmp_path)
     assert shutil.which("clang", path=str(bin_dir)) is None

@@ -110,7 +110,7 @@ def test_the_preallocated_listener_map_is_one_entry_when_nothing_aggregates() ->
         sizes = (lines_only.bpf_map("listener_stats").max_entries,
                  aggregating.bpf_map("listener_stats").max_entries)
     assert sizes == (1, aggregate.listener_entries(
-        libbpf.possible_cpus(), aggregate.Layouts.of_file(aggregating.bpf_object).stats.size))
+        libbpf.possible_cpus(), aggregate.Layouts.of_file(str(aggregating.bpf_object)).stats.size))
 
 
 @pytest.mark.method_agnostic  # a map's bound
