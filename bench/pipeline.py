@@ -16,6 +16,7 @@ from tcpaccept.output.json_lines import JsonFormatter
 from tcpaccept.output.lines import LineSink, TextOutput
 from tcpaccept.output.text import TextFormatter
 from tcpaccept.sink import LostNotices
+from tests.support.records import encode_record
 
 WALL_OFFSET_NS = 1_700_000_000_000_000_000  # fixed: the same lines on every run
 
@@ -35,7 +36,7 @@ def synthetic_records(n: int, seed: int = 5) -> list[bytes]:
               "haproxy", "my \"odd\" name")]
     lports = [80, 443, 8080, 5432, 22]
     start_ns = 4_000_000_000_000
-    encode = RecordLayout.from_object().encode
+    layout = RecordLayout.from_object()
     records = []
     for i in range(n):
         kind = rng.random()
@@ -46,7 +47,7 @@ def synthetic_records(n: int, seed: int = 5) -> list[bytes]:
         else:
             family, raddr, laddr = af6, mapped + rng.choice(v4), mapped + bytes([10, 0, 0, 1])
         pid, comm = rng.choice(procs)
-        records.append(encode(**{
+        records.append(encode_record(layout, **{
             "ts_ns": start_ns + i * 47_000 + rng.randrange(1000),
             "cgroup_id": 4242 + pid % 7,
             "queue_latency_ns": 0 if rng.random() < 0.3 else rng.randrange(1000, 5_000_000),

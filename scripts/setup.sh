@@ -15,6 +15,9 @@ if ((want_test)); then
   # Containers (issue: containers), a real Prometheus (fleet), io_uring servers, the image base.
   packages+=(podman runc busybox-static uidmap docker.io containerd prometheus liburing-dev
              debootstrap man-db catatonit)  # catatonit: podman kube play's pause process
+  # arm64 (issue 23): the image's linux/arm64 half and the arm64 base under qemu-user, the
+  # arm64 guests (qemu-system-aarch64), their io_uring server cross-compiled.
+  packages+=(qemu-user-static binfmt-support qemu-system-arm gcc-aarch64-linux-gnu)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from . import btf as btf_mod
 from .errors import TcpacceptError
@@ -38,6 +38,7 @@ NEEDED_INTS: dict[str, tuple[int, bool]] = {
 NEEDED_BYTES: dict[str, int] = {"laddr": 16, "raddr": 16, "comm": 0}  # 0: any length
 _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_CACHE_LIMIT = 4096  # per cache: a host has few distinct names; a scan must not grow them
 
 
 def default_object_path() -> Path:
@@ -115,21 +116,6 @@ class RecordLayout:
         finally:
             btf.close()
 
-    def encode(self, **values: Any) -> bytes:
-        """A raw record as the kernel would write it (for unit tests and the benchmark).
-        Missing fields are 0 (fd/listen_fd -1, tid = pid); `comm` may be a str, `probe` a
-        name."""
-        values.setdefault("tid", values.get("pid", 0))
-        values.setdefault("fd", -1)
-        values.setdefault("listen_fd", -1)
-        comm = values.get("comm", b"")
-        if isinstance(comm, str):
-            values["comm"] = comm.encode()[:self.comm_len - 1]
-        probe = values.get("probe", 0)
-        if isinstance(probe, str):
-            values["probe"] = next(k for k, v in self.probe_names.items() if v == probe)
-        return self.struct.pack(*(values.get(f.name, b"" if f.length else 0)
-                                  for f in self.fields))
 
 
 def _mismatch(source: str, what: str) -> TcpacceptError:
@@ -182,7 +168,9 @@ class Decoder:
         self.boot_to_wall_ns = (
             boot_to_wall_ns if boot_to_wall_ns is not None else WallClock().offset_ns()
         )
-        self._addr_cache: dict[tuple[int, bytes], tuple[int, str]] = {}
+        # Keyed by the raw 16 bytes, one dict per family (no key tuple per record).
+        self._v4_cache: dict[bytes, str] = {}
+        self._v6_cache: dict[bytes, tuple[int, str]] = {}
         self._comm_cache: dict[bytes, str] = {}
         self.decode: Callable[[bytes], Accept] = self._compile()
 
@@ -199,19 +187,24 @@ class Decoder:
 
     def address(self, family: int, raw: bytes) -> tuple[int, str]:
         """(shown family, printable address), IPv4-mapped IPv6 unmapped unless disabled."""
-        key = (family, raw)
-        hit = self._addr_cache.get(key)
-        if hit is not None:
-            return hit
         if family == socket.AF_INET:
-            shown = (4, socket.inet_ntop(socket.AF_INET, raw[:4]))
-        elif self.unmap_ipv4 and raw.startswith(_V4_MAPPED_PREFIX):
+            return 4, self._v4_cache.get(raw) or self._v4_text(raw)
+        return self._v6_cache.get(raw) or self._v6_text(raw)
+
+    def _v4_text(self, raw: bytes) -> str:
+        if len(self._v4_cache) >= _CACHE_LIMIT:  # bounded: a scan from many clients
+            self._v4_cache.clear()  # clear(), not a new dict: decode() holds its .get
+        text = self._v4_cache[raw] = socket.inet_ntop(socket.AF_INET, raw[:4])
+        return text
+
+    def _v6_text(self, raw: bytes) -> tuple[int, str]:
+        if self.unmap_ipv4 and raw.startswith(_V4_MAPPED_PREFIX):
             shown = (4, socket.inet_ntop(socket.AF_INET, raw[12:]))
         else:
             shown = (6, socket.inet_ntop(socket.AF_INET6, raw))
-        if len(self._addr_cache) > 4096:  # bounded: a scan from many clients must not grow it
-            self._addr_cache.clear()
-        self._addr_cache[key] = shown
+        if len(self._v6_cache) >= _CACHE_LIMIT:
+            self._v6_cache.clear()
+        self._v6_cache[raw] = shown
         return shown
 
     def comm(self, raw: bytes) -> str:
@@ -220,7 +213,7 @@ class Decoder:
             # Invalid UTF-8 survives as lone surrogates (U+DC80..U+DCFF): text output shows
             # the bytes as \xNN (output/escape.py), JSON as \udcNN (lossless in Python).
             name = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if len(self._comm_cache) > 4096:
+            if len(self._comm_cache) >= _CACHE_LIMIT:
                 self._comm_cache.clear()
             self._comm_cache[raw] = name
         return name
@@ -238,17 +231,29 @@ class Decoder:
         source = (
             "def decode(record):\n"
             f"    ({unpacked},) = unpack_from(record)\n"
-            "    shown_family, raddr_text = address(family, raddr)\n"
-            "    laddr_text = address(family, laddr)[1]\n"
-            "    return Accept(ts_ns + boot_to_wall_ns, pid, tid, uid, comm_text(comm),\n"
-            "                  shown_family, raddr_text, rport, laddr_text, lport, backlog,\n"
-            "                  backlog_max, fd, listen_fd, netns, cgroup_id,\n"
-            "                  queue_latency_ns or None, probe_name(probe, 'unknown'),\n"
-            f"                  {container})\n"
+            # The caches are inlined: a hit costs one dict lookup, no call; `or` falls
+            # through to the method on a miss (and for the empty comm, which is rare).
+            "    if family == AF_INET:\n"
+            "        shown_family = 4\n"
+            "        raddr_text = v4_get(raddr) or v4_text(raddr)\n"
+            "        laddr_text = v4_get(laddr) or v4_text(laddr)\n"
+            "    else:\n"
+            "        shown_family, raddr_text = v6_get(raddr) or v6_text(raddr)\n"
+            "        laddr_text = (v6_get(laddr) or v6_text(laddr))[1]\n"
+            # tuple.__new__ is what Accept(...) calls, minus a Python-level frame.
+            "    return new(Accept, (ts_ns + boot_to_wall_ns, pid, tid, uid,\n"
+            "                        comm_get(comm) or comm_text(comm), shown_family,\n"
+            "                        raddr_text, rport, laddr_text, lport, backlog,\n"
+            "                        backlog_max, fd, listen_fd, netns, cgroup_id,\n"
+            "                        queue_latency_ns or None, probe_name(probe, 'unknown'),\n"
+            f"                        {container}))\n"
         )
         scope = {
-            "unpack_from": self.layout.struct.unpack_from, "address": self.address,
-            "comm_text": self.comm, "Accept": Accept, "boot_to_wall_ns": self.boot_to_wall_ns,
+            "unpack_from": self.layout.struct.unpack_from, "AF_INET": socket.AF_INET,
+            "v4_get": self._v4_cache.get, "v4_text": self._v4_text,
+            "v6_get": self._v6_cache.get, "v6_text": self._v6_text,
+            "comm_get": self._comm_cache.get, "comm_text": self.comm, "new": tuple.__new__,
+            "Accept": Accept, "boot_to_wall_ns": self.boot_to_wall_ns,
             "probe_name": self.layout.probe_names.get, "container_of": self.container_of,
         }
         exec(compile(source, f"<decode {self.layout.source}>", "exec"), scope)  # noqa: S102

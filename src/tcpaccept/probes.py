@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import iouring, libbpf
-from .btf import kernel_btf_has_name, kernel_has_struct
+from .btf import kernel_btf_has_name, kernel_btf_has_struct
 from .preflight import BTF_PATH, SYS_EXIT_ACCEPT4, ensure_tracefs, tracefs_ids_unreadable
 
 METHODS = ("fexit", "kprobe", "tracepoint")
@@ -109,7 +109,7 @@ def syscall_tracepoints_unattachable() -> Optional[str]:
 def plan_for(method: str, queue_latency: bool = True, io_uring: bool = True) -> Plan:
     common = LATENCY_PROGRAMS if queue_latency else ()
     if method == "fexit":
-        new_signature = kernel_has_struct("proto_accept_arg")
+        new_signature = kernel_btf_has_struct("proto_accept_arg")  # 6.10+
         return Plan(method, (PROGRAMS[method] if new_signature else FEXIT_PRE_6_10) + common)
     if method != "tracepoint":
         return Plan(method, PROGRAMS[method] + common)

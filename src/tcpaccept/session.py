@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 from . import iouring, libbpf, preflight, privileges, probes
 from .aggregate import AggregateReader
 from .config import Config, OutputConfig
-from .containers import ContainerResolver
 from .drops import DropMonitorError, ListenerDropMonitor
 from .drops.table_monitor import TableDropMonitor
 from .errors import TcpacceptError
@@ -43,7 +42,8 @@ from .snapshot import ListenerTable
 from .summary import SummarySink
 from .tracer import Tracer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where they are used: most runs need neither
+    from .containers import ContainerResolver
     from .metrics import MetricsSink
 
 
@@ -241,10 +241,13 @@ def trace(config: Config, output: OutputConfig, out: Optional[TextIO] = None) ->
             if tracer.pid_namespace is not None:  # PIDs are not the host's: say whose
                 print(f"tcpaccept: {pid_namespace_notice(tracer.pid_namespace)}",
                       file=sys.stderr, flush=True)
-            # The resolver lives on this thread only (the loop, the listener table).
-            resolver = (owned.enter_context(contextlib.closing(
-                ContainerResolver(host_root=config.host_root)))
-                if plan.resolve_containers else None)
+            # The resolver lives on this thread only (the loop, the listener table);
+            # imported only when names are printed.
+            resolver = None
+            if plan.resolve_containers:
+                from .containers import ContainerResolver
+                resolver = owned.enter_context(contextlib.closing(
+                    ContainerResolver(host_root=config.host_root)))
             if resolver is not None:  # names need root-only state directories
                 _warn_if(privileges.container_names_warning(config.host_root))
             # One listener table for the summary and the metrics: one owner of the TTL.

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, TextIO
 
 from .aggregate import (
-    LATENCY_SLOTS,
     AggregateReader,
     ListenerKey,
     ListenerTotals,
@@ -56,9 +55,6 @@ class Log2Histogram:
 
     def __init__(self, slots: Sequence[int] = ()) -> None:
         self.buckets: Counter[int] = Counter({k: n for k, n in enumerate(slots) if n})
-
-    def add(self, value_us: float) -> None:
-        self.buckets[min(LATENCY_SLOTS - 1, max(0, int(value_us)).bit_length())] += 1
 
     def rows(self) -> list[tuple[int, int, int]]:
         """(low, high, count) from the lowest to the highest non-empty bucket."""

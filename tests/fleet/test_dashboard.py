@@ -31,7 +31,11 @@ def test_variables_node_namespace_container() -> None:
 def test_panels_cover_every_metric_with_variable_filters() -> None:
     panels = load()["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
-    assert any(p["type"] == "heatmap" for p in panels)
+    # One heatmap: the queue-latency buckets of every selected listener, summed by le.
+    heatmaps = [p for p in panels if p["type"] == "heatmap"]
+    assert [re.findall(r"tcpaccept_[a-z_]+|sum by \([a-z, ]+\)", t["expr"])
+            for p in heatmaps for t in p["targets"]] == \
+        [["sum by (le)", "tcpaccept_queue_latency_seconds_bucket"]], heatmaps
     used = set()
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}"

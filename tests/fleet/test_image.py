@@ -27,6 +27,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.fleet import images
 from tests.fleet.deployment import (
     KUBERNETES,
     ROOT,
@@ -262,3 +263,36 @@ def test_agent_names_the_container_of_an_accept(agent: tuple[int, str], image: s
         assert [(labels["lport"], value) for labels, value in named] == [("8080", accepts)]
     finally:
         podman("rm", "-f", "-t", "0", name, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def platform_images() -> tuple[str, str]:
+    started = time.monotonic()
+    amd64 = images.build_amd64()
+    arm64 = images.build_arm64()
+    print(f"amd64 + arm64 image builds {time.monotonic() - started:.1f} s")
+    return amd64, arm64
+
+
+def test_manifest_list_holds_amd64_and_arm64_each_with_its_object(
+        platform_images: tuple[str, str]) -> None:
+    image, arm64_image = platform_images
+    name = images.manifest_list([image, arm64_image])
+    inspect = podman("manifest", "inspect", name)
+    assert inspect.returncode == 0, inspect.stderr
+    platforms = sorted((m["platform"]["os"], m["platform"]["architecture"])
+                       for m in json.loads(inspect.stdout)["manifests"])
+    assert platforms == [("linux", "amd64"), ("linux", "arm64")], inspect.stdout
+    # Under qemu-user here: the arm64 half's python3 is aarch64 and its object holds arm64's
+    # pt_regs (orig_x0, syscallno in its BTF), the amd64 half's x86's (orig_ax). It runs
+    # --check in an arm64 kernel in tests/vm/test_arm64.py.
+    for tag, platform, machine, fields in ((image, "linux/amd64", "x86_64", "orig_ax"),
+                                           (arm64_image, "linux/arm64", "aarch64",
+                                            "orig_x0 syscallno")):
+        probe = podman("run", "--rm", "--platform", platform, *ULIMITS, "--entrypoint",
+                       "python3", tag, "-c",
+                       "import platform, tcpaccept.event as e; o = e.PACKAGED_OBJECT.read_bytes();"
+                       " print(platform.machine(), *(f for f in ('orig_ax', 'orig_x0', 'syscallno')"
+                       " if f.encode() + bytes(1) in o))")
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.split() == [machine, *fields.split()]

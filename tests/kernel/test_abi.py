@@ -17,6 +17,8 @@ from tests.support.bpf_variants import build_variant, replace, swap_members
 from tests.support.servers import connect, start_server
 from tests.support.tracer import start_tracer, tcpaccept_command
 
+pytestmark = pytest.mark.host_only  # builds edited BPF objects with clang (the guests have none)
+
 SWAPS = (("lport", "rport"), ("laddr", "raddr"), ("uid", "netns"), ("fd", "listen_fd"))
 
 

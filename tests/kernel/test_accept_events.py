@@ -11,6 +11,9 @@ import time
 
 import pytest
 
+from tcpaccept import libbpf, probes
+from tcpaccept.event import default_object_path
+from tests.support.leftovers import program_loaded
 from tests.support.servers import connect, start_server
 from tests.support.tracer import attach_method, start_tracer
 
@@ -50,7 +53,7 @@ def _assert_matches(events: list[dict], server, clients, accepted) -> None:
 )
 def test_each_accept_reports_server_and_client_exactly(family: int, host: str) -> None:
     with start_server(host, family) as server:
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))  # its own: not the machine's
         clients = [connect(host, server.port, family) for _ in range(N)]
         accepted = server.accept(N)
         run.stop()
@@ -64,7 +67,7 @@ def test_each_accept_reports_server_and_client_exactly(family: int, host: str) -
 
 def test_dual_stack_listener_reports_ipv4_client_as_ipv4() -> None:
     with start_server("::", socket.AF_INET6, v6only=False) as server:
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))
         client = connect("127.0.0.1", server.port)
         accepted = server.accept(1)
         run.stop()
@@ -79,7 +82,7 @@ def test_backlog_is_the_listeners_queue_after_the_accept() -> None:
     with start_server(backlog=8) as server:
         clients = [connect("127.0.0.1", server.port) for _ in range(5)]
         time.sleep(0.2)  # all five handshakes complete: five children queued
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))
         server.accept(1)
         run.stop()
         (event,) = run.events([server.pid])
@@ -96,7 +99,7 @@ def test_accept_blocked_before_tracing_started_matches_the_method() -> None:
     with start_server() as server:
         server.accept_async(1)  # blocks in accept() now, before the tracer exists
         time.sleep(0.3)
-        run = start_tracer()
+        run = start_tracer("-p", str(server.pid))
         client = connect("127.0.0.1", server.port)
         accepted = server.collect()
         # Control: an accept that starts after the tracer is seen by every method.
@@ -167,32 +170,38 @@ def test_default_output_is_the_seed_layout() -> None:
     client.close()
 
 
-def _our_program_ids() -> set[int]:
-    programs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                         text=True, check=True).stdout)
-    # The kernel keeps 15 bytes of a name; newer bpftool shows the full one from BTF.
-    return {p["id"] for p in programs if p.get("name", "")[:15] in OUR_PROGRAM_NAMES}
+def _object_program_names() -> set[str]:
+    """Every program in the BPF object, read from the object itself."""
+    with libbpf.BpfObject(str(default_object_path())) as obj:
+        return {program.name for program in obj.programs()}
 
 
-# Program names as the kernel keeps them (15 bytes), for every attach method.
-OUR_PROGRAM_NAMES = {name[:15] for name in (
-    "tp_exit_accept4", "tp_exit_accept", "tp_enter_accept4", "tp_enter_accept",
-    "stamp_established", "fexit_inet_csk_accept", "fexit_inet_csk_accept_pre_6_10",
-    "kprobe_inet_csk_accept", "kretprobe_inet_csk_accept", "iouring_submit_req",
-    "iouring_complete", "iouring_complete_pre_6_13", "iouring_cqe_overflow")}
+def _program_name(prog_id: int) -> str:
+    info = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                                     capture_output=True, text=True, check=True).stdout)
+    return info["name"]
+
+
+def _planned_program_sets() -> list[set[str]]:
+    """What the default run loads by the plan: its programs, or its fallback's when the
+    verifier refuses the BTF walk (names as the kernel keeps them: 15 bytes)."""
+    plan = probes.plan_for(attach_method())
+    plans = [plan] + ([plan.fallback] if plan.fallback else [])
+    return [{name[:15] for name in p.programs} for p in plans]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_detaches_and_leaves_no_program_loaded(stop_signal: int) -> None:
-    before = _our_program_ids()  # another tracer may run on the box: compare by id
     run = start_tracer()
-    loaded = _our_program_ids() - before
-    assert len(loaded) >= 2, "the tracer's programs should be listed while it runs"
+    loaded = run.programs  # its own, by its fds: other tracers may run on the machine
+    names = {_program_name(i)[:15] for i in loaded}
     run.stop(stop_signal)
+    assert len(names) == len(loaded) and names in _planned_program_sets(), names
+    assert names <= {name[:15] for name in _object_program_names()}
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip() == "Tracing TCP accepts. Hit Ctrl-C to end."
     # The kernel frees a detached program after an RCU grace period: allow it a moment.
     deadline = time.monotonic() + 5
-    while loaded & _our_program_ids() and time.monotonic() < deadline:
+    while any(map(program_loaded, loaded)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not loaded & _our_program_ids()
+    assert not [i for i in loaded if program_loaded(i)]

@@ -112,6 +112,7 @@ def test_both_accept_programs_report_every_field(
         assert got == {**expected, **common}, event
 
 
+@pytest.mark.host_only  # clang
 def test_a_refused_btf_walk_falls_back_to_probe_reads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel whose verifier refuses the BTF walk (built here with a load it must

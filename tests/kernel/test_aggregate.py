@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 from prometheus_client import generate_latest
 
-from tcpaccept import aggregate
+from tcpaccept import aggregate, libbpf
 from tcpaccept.aggregate import AggregateReader
 from tcpaccept.config import Config
 from tcpaccept.metrics import MetricsSink
@@ -109,9 +109,11 @@ def test_the_preallocated_listener_map_is_one_entry_when_nothing_aggregates() ->
             _in_process_tracer(free_port(), False) as aggregating:
         sizes = (lines_only.bpf_map("listener_stats").max_entries,
                  aggregating.bpf_map("listener_stats").max_entries)
-    assert sizes == (1, aggregate.listener_entries(aggregate.possible_cpus()))
+    assert sizes == (1, aggregate.listener_entries(
+        libbpf.possible_cpus(), aggregate.Layouts.of_file(str(aggregating.bpf_object)).stats.size))
 
 
+@pytest.mark.method_agnostic  # a map's bound
 def test_idle_listener_series_expire_and_its_counter_restarts() -> None:
     with accept_server(5) as server, _in_process_tracer(server.port, False) as tracer:
         sink = MetricsSink(AggregateReader(tracer), labels=("laddr", "lport"), ttl_s=1.0)
@@ -132,6 +134,7 @@ def test_idle_listener_series_expire_and_its_counter_restarts() -> None:
     assert len(left) == 1
 
 
+@pytest.mark.method_agnostic  # a map's bound
 def test_summary_remotes_map_is_bounded_and_says_when_it_evicts() -> None:
     n = 10000  # distinct client addresses, more than remote_counts holds (8192)
     with accept_server(n) as server:
@@ -210,6 +213,7 @@ def test_dual_stack_wildcard_listener_is_keyed_by_its_bound_address() -> None:
     assert [(labels["laddr"], value) for labels, value in series] == [("::", 3)]
 
 
+@pytest.mark.method_agnostic  # a map's bound
 def test_a_full_listener_map_counts_what_it_could_not_aggregate(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aggregate, "listener_entries", lambda *_: 4)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support.accept_load import (
     accept_server,
     connect_many,
@@ -21,6 +23,8 @@ from tests.support.accept_load import (
 )
 from tests.support.child import free_port
 from tests.support.tracer import start_tracer
+
+pytestmark = pytest.mark.host_only  # tens of thousands of connections and RSS bounds
 
 # One listener's whole exposition (7 families, 11 buckets) is ~3 KiB; the rest of the
 # scrape is fixed (HELP/TYPE lines, lost/overflow counters).

@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.support.servers import connect, start_server
 from tests.support.tracer import start_tracer, tcpaccept_command
+
+pytestmark = pytest.mark.method_agnostic
 
 JSON_KEYS = {"event", "time", "pid", "tid", "comm", "family", "raddr", "rport", "laddr",
              "lport", "backlog", "backlog_max", "fd", "listen_fd", "uid", "netns", "cgroup_id",

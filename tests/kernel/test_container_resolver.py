@@ -39,6 +39,8 @@ from tests.support.containers import (
 )
 from tests.support.tracer import TracerRun, start_tracer
 
+pytestmark = pytest.mark.host_only  # podman, docker, containerd
+
 
 @pytest.fixture(scope="module")
 def tracer() -> Iterator[TracerRun]:

@@ -23,6 +23,8 @@ from tests.support.containers import Podman, RunningContainer, connect_in_netns,
 from tests.support.netns import NetNamespace
 from tests.support.tracer import TracerRun, start_tracer, tcpaccept_command
 
+pytestmark = pytest.mark.host_only  # podman
+
 HTTPD_BACKLOG = 9  # busybox httpd's listen(): its queue holds one more
 
 

@@ -22,7 +22,7 @@ import pytest
 from tcpaccept.drops import DropReport, ListenerDropMonitor
 from tests.support.overflow import flood, read_listen_overflows
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.method_agnostic]  # sock_diag only
 
 FLOOD = 20
 BACKLOG = 1

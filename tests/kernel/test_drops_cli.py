@@ -21,6 +21,8 @@ from tests.support.netns import NetNamespace
 from tests.support.servers import start_server
 from tests.support.tracer import start_tracer
 
+pytestmark = pytest.mark.method_agnostic  # sock_diag only
+
 
 @pytest.fixture
 def namespace() -> Iterator[NetNamespace]:
@@ -47,15 +49,19 @@ def test_drops_are_reported_and_equal_listen_overflows(namespace: NetNamespace) 
     server = _listener(namespace)
     port = server.getsockname()[1]
     before = namespace.listen_overflows()[0]
+    resent_before = namespace.tcp_ext("TCPSynRetrans")
     run = start_tracer("--drops", "-P", str(port))
     _flood(namespace, server)
     time.sleep(1.5)  # at least one sampling tick while tracing
     _flood(namespace, server)  # these are left for the report at exit
     run.stop()
     delta = namespace.listen_overflows()[0] - before
+    resent = namespace.tcp_ext("TCPSynRetrans") - resent_before
     drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
     server.close()
-    assert delta > 0
+    # 2 of the first 20 connects fit in the queue, none of the next 20 (it stays full);
+    # each SYN a refused client resent before it was closed overflowed once more.
+    assert delta == 18 + 20 + resent
     # At least one report while tracing and one more at exit (a slow machine's flood may
     # straddle a sampling tick and add one): together, exactly the namespace's overflows.
     assert len(drops) >= 2, drops
@@ -100,10 +106,12 @@ def test_drops_in_another_network_namespace_are_reported(namespace: NetNamespace
     ns = namespace
     with start_server(backlog=1, comm="nsdropsrv", netns=ns.name) as server:
         run = start_tracer("--drops", "-P", str(server.port))
+        resent = ns.tcp_ext("TCPSynRetrans")
         delta = ns.flood(server.port, 20, backlog=1)
+        resent = ns.tcp_ext("TCPSynRetrans") - resent
         run.stop()
     drops = [o for o in map(json.loads, run.lines) if o["event"] == "drop"]
-    assert delta >= 18
+    assert delta == 18 + resent  # each resent SYN overflowed once more
     assert sum(d["dropped"] for d in drops) == delta, drops
     for d in drops:
         assert (d["laddr"], d["lport"]) == ("127.0.0.1", server.port)

@@ -22,7 +22,7 @@ from tcpaccept.drops import ListenerDropMonitor
 from tests.support.containers import Podman, RunningContainer, unique_name
 from tests.support.netns import NetNamespace
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]  # podman
 
 PORT = 8080
 HTTPD_BACKLOG = 9  # busybox httpd's listen(); the queue holds one more

@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from tests.support.containers import cgroup2_mount, rmdir_when_empty
 from tests.support.servers import connect, start_server
 from tests.support.tracer import start_tracer
+
+pytestmark = pytest.mark.method_agnostic  # cgroup bookkeeping
 
 
 def _move_into(directory: str, pid: int) -> None:

@@ -26,17 +26,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from tcpaccept.output.writer import OutputError, OutputWriter
-from tests.support.tracer import BANNER, tcpaccept_command
+from tests.support.leftovers import program_loaded
+from tests.support.tracer import TracerRun, start_tracer, tcpaccept_command
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]  # load against a stalled reader
 
 OUTPUT_ERROR = re.compile(
     r"^tcpaccept: cannot write output: No space left on device \((\d+) events not written\)$")
 STALLED = re.compile(r"^Lost (\d+) events \(output stalled\)$", re.MULTILINE)
+LOST = re.compile(r"^Lost (\d+) events(?: \(output stalled\))?$", re.MULTILINE)
+LOST_TOTAL = re.compile(r"^Lost (\d+) events in total$", re.MULTILINE)
 
 # Accepts as fast as one process can: a thread accepts and closes, the main thread
 # connects and closes. Prints its port, runs until killed.
@@ -91,58 +95,9 @@ def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
     return predicate()
 
 
-def bpf_program_ids(pid: int) -> set[int]:
-    """Programs the process holds open (its fds on BPF programs, links' programs too)."""
-    ids = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-    return ids
-
-
-def program_exists(prog_id: int) -> bool:
-    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
-                          capture_output=True).returncode == 0
-
-
-class StderrRun:
-    """A tcpaccept whose stdout goes where the test says; its stderr is read here."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self._err: list[str] = []
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr
-        for line in self.proc.stderr:
-            self._err.append(line)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self._err)
-
-    def finish(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(5)
-
-
-def start(args: list[str], stdout: int) -> StderrRun:
-    """tcpaccept --json with stdout on the given fd; returns once the banner (on stderr in
-    JSON mode) is out."""
-    proc = subprocess.Popen(tcpaccept_command("--json", *args), stdout=stdout,
-                            stderr=subprocess.PIPE, text=True)
-    run = StderrRun(proc)
-    if not wait_for(lambda: BANNER in run.stderr or proc.poll() is not None, 30) \
-            or BANNER not in run.stderr:
-        run.finish()
-        raise AssertionError(f"tcpaccept did not start: {run.stderr}")
-    return run
+def finish(tracer: TracerRun) -> None:
+    """Kill it if it still runs (the tests below judge how it ended themselves)."""
+    tracer.child.stop(signal.SIGKILL)
 
 
 def test_the_writer_keeps_whole_lines_on_a_full_tmpfs_and_counts_the_rest() -> None:
@@ -185,9 +140,9 @@ def test_a_stalled_reader_cannot_hold_the_tracer_past_sigterm(reader: str) -> No
     read_end, write_end = os.pipe()  # the test holds the read end: never reads, or slowly
     stop_reading = threading.Event()
     with accept_load() as port:
-        tracer = start(["-P", str(port)], stdout=write_end)
+        tracer = start_tracer("-P", str(port), stdout=write_end)
         os.close(write_end)
-        programs = bpf_program_ids(tracer.proc.pid)
+        programs = tracer.programs  # its own, by its fds
         if reader == "slow":
             trickle(read_end, stop_reading)
         try:
@@ -202,16 +157,18 @@ def test_a_stalled_reader_cannot_hold_the_tracer_past_sigterm(reader: str) -> No
             took = time.monotonic() - start_stop
         finally:
             stop_reading.set()
-            tracer.finish()
+            finish(tracer)
             time.sleep(0.3)  # the trickle thread's last read
             os.close(read_end)
     assert took < 1.0, f"tcpaccept took {took:.2f} s to end after SIGTERM ({reader} reader)"
     assert reported, f"no 'Lost N events (output stalled)' while stalled:\n{tracer.stderr}"
     assert tracer.proc.returncode == 0, tracer.stderr
     assert "Traceback" not in tracer.stderr
-    assert sum(map(int, STALLED.findall(tracer.stderr))) > 0
-    assert re.search(r"^Lost \d+ events in total$", tracer.stderr, re.MULTILINE), tracer.stderr
-    left = [p for p in programs if program_exists(p)]
+    # Every loss it said while running adds up to the total it says at the end.
+    (total,) = map(int, LOST_TOTAL.findall(tracer.stderr))
+    assert sum(map(int, LOST.findall(tracer.stderr))) == total, tracer.stderr
+    assert STALLED.search(tracer.stderr)
+    left = [p for p in programs if program_loaded(p)]
     assert not left, f"BPF programs still loaded after exit: {left}"
 
 
@@ -219,14 +176,14 @@ def test_a_full_disk_is_one_line_and_exit_1() -> None:
     with tiny_tmpfs() as where, accept_load() as port:
         out_path = where / "out.json"
         out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        tracer = start(["-P", str(port)], stdout=out)
+        tracer = start_tracer("-P", str(port), stdout=out)
         os.close(out)
         try:
             tracer.proc.wait(30)
         except subprocess.TimeoutExpired:
             pytest.fail(f"tcpaccept kept running on a full disk:\n{tracer.stderr}")
         finally:
-            tracer.finish()
+            finish(tracer)
         data = out_path.read_bytes()
     err_lines = tracer.stderr.splitlines()
     errors = [line for line in err_lines if OUTPUT_ERROR.match(line)]
@@ -263,29 +220,16 @@ def test_a_non_utf8_stdout_and_a_unicode_name_is_no_traceback(encoding: str,
         assert Path(f"/proc/{server.pid}/comm").read_bytes() == name + b"\n"
         env = dict(os.environ, PYTHONIOENCODING=encoding)
         out_path = tmp_path / "out.txt"
-        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        proc = subprocess.Popen(tcpaccept_command("-P", str(port)), stdout=out,
-                                stderr=subprocess.PIPE, text=True, env=env)
-        os.close(out)
-        tracer = StderrRun(proc)
-        try:
-            assert wait_for(lambda: BANNER.encode() in out_path.read_bytes()
-                            or proc.poll() is not None, 30)
-            with socket.create_connection(("127.0.0.1", port), timeout=5):
-                wait_for(lambda: f" {port} ".encode() in out_path.read_bytes()
-                         or proc.poll() is not None, 10)
-            time.sleep(0.3)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            proc.wait(20)
-        finally:
-            tracer.finish()
+        with start_tracer("-P", str(port), json_mode=False, stdout=out_path, env=env) as tracer, \
+                socket.create_connection(("127.0.0.1", port), timeout=5):
+            wait_for(lambda: f" {port} ".encode() in out_path.read_bytes()
+                     or tracer.proc.poll() is not None, 10)
     finally:
         server.kill()
         server.wait()
     stdout = out_path.read_bytes().decode("ascii")  # backslash escapes: plain ASCII
     assert "Traceback" not in tracer.stderr, tracer.stderr
-    assert proc.returncode == 0, tracer.stderr
+    assert tracer.returncode == 0, tracer.stderr
     rows = [line for line in stdout.splitlines() if f" {port} " in line]
     assert len(rows) == 1 and "nginx\\u2192" in rows[0], stdout
 
@@ -316,27 +260,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_agent(*args: str, nofile: int = 0, prefix: tuple[str, ...] = ()) -> StderrRun:
+def start_agent(*args: str, nofile: int = 0, prefix: tuple[str, ...] = ()) -> TracerRun:
     """tcpaccept -q --metrics ...: the banner goes to stderr. nofile: an fd limit set by
     prlimit(1) on the command (not preexec_fn, unsafe in a threaded test process)."""
     if nofile:
         prefix = ("prlimit", f"--nofile={nofile}:{nofile}", *prefix)
-    proc = subprocess.Popen([*prefix, *tcpaccept_command("-q", *args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    run = StderrRun(proc)
-    if not wait_for(lambda: BANNER in run.stderr or proc.poll() is not None, 30) \
-            or BANNER not in run.stderr:
-        run.finish()
-        raise AssertionError(f"tcpaccept did not start: {run.stderr}")
-    return run
+    return start_tracer("-q", *args, json_mode=False, wrapper=prefix,
+                        stdout=subprocess.DEVNULL, banner_stream="stderr")
 
 
-def stop(run: StderrRun) -> int:
-    run.proc.send_signal(signal.SIGINT)
-    try:
-        return run.proc.wait(10)
-    finally:
-        run.finish()
+def stop(run: TracerRun) -> Optional[int]:
+    return run.stop().returncode
 
 
 def test_a_thousand_idle_metrics_connections_leave_scrapes_answering_and_cpu_idle() -> None:
@@ -454,20 +388,12 @@ def test_event_times_are_right_inside_a_time_namespace() -> None:
     times must still be now, not a day off (issue 14 item 7)."""
     import datetime
 
-    with tempfile.TemporaryFile() as out, accept_load() as port:
-        proc = subprocess.Popen(["unshare", "--time", "--monotonic", "86400",
-                                 *tcpaccept_command("--json", "-P", str(port), "-n", "5")],
-                                stdout=out.fileno(), stderr=subprocess.PIPE, text=True)
-        try:
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        stderr = proc.stderr.read() if proc.stderr else ""
-        out.seek(0)
-        events = [json.loads(line) for line in out.read().splitlines()]
-    assert proc.returncode == 0, stderr
+    with accept_load() as port, \
+            start_tracer("-P", str(port), "-n", "5",
+                         wrapper=["unshare", "--time", "--monotonic", "86400"]) as tracer:
+        tracer.proc.wait(30)
+    events = tracer.events()
+    assert tracer.returncode == 0, tracer.stderr
     assert len(events) == 5, events
     now = datetime.datetime.now().astimezone()
     for event in events:

@@ -5,18 +5,25 @@ test never reads, under a real accept load, with --metrics on."""
 from __future__ import annotations
 
 import os
+import signal
 
-from tests.kernel.test_hardening import STALLED, accept_load, start, wait_for
+import pytest
+
+from tests.kernel.test_hardening import STALLED, accept_load, wait_for
 from tests.support.accept_load import samples, scrape
 from tests.support.child import free_port
+from tests.support.tracer import start_tracer
+
+# Sustained accept load against a stalled reader, with --metrics.
+pytestmark = [pytest.mark.host_only]
 
 
 def test_output_stalls_are_exported_as_lost_events() -> None:
     read_end, write_end = os.pipe()  # never read: the pipe, then the writer's buffer fill
     metrics_port = free_port()
     with accept_load() as port:
-        tracer = start(["-P", str(port), "--metrics", f"127.0.0.1:{metrics_port}"],
-                       stdout=write_end)
+        tracer = start_tracer("-P", str(port), "--metrics", f"127.0.0.1:{metrics_port}",
+                              stdout=write_end)
         os.close(write_end)
         try:
             assert wait_for(lambda: STALLED.search(tracer.stderr) is not None, 30), \
@@ -24,7 +31,7 @@ def test_output_stalls_are_exported_as_lost_events() -> None:
             reported_before = sum(map(int, STALLED.findall(tracer.stderr)))
             body = scrape(metrics_port)
         finally:
-            tracer.finish()
+            tracer.stop(signal.SIGTERM)  # its last notices (at most one a second) said at exit
             os.close(read_end)
     ((_, exported),) = samples(body, "tcpaccept_lost_events_total", reason="output_stalled")
     reported = sum(map(int, STALLED.findall(tracer.stderr)))

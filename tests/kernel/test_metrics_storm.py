@@ -26,6 +26,8 @@ from tests.support.many_listeners import ManyListeners
 from tests.support.netns import NetNamespace
 from tests.support.tracer import start_tracer
 
+pytestmark = [pytest.mark.host_only]  # 4,096 listeners, a scrape storm, time and RSS bounds
+
 LISTENERS = 4096
 UNREAD_SCRAPES = 16
 IDLE_CONNECTIONS = 64

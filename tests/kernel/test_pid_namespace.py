@@ -113,14 +113,15 @@ def nested_scenario() -> dict:
 
 
 def io_uring_scenario() -> dict:
-    """An io_uring accept completed by an io-wq worker (iou-wrk-N): PID and TID both as
-    this namespace numbers them."""
+    """IOSQE_ASYNC io_uring accepts (in an io-wq worker, iou-wrk-N, or in the submitter
+    when the worker found no connection yet): PID and TID both as this namespace numbers
+    them."""
     from tests.kernel.test_io_uring import serve
 
     run = start_tracer("-c", "uring-async")
     try:
         server, clients = serve("async", socket.AF_INET, "127.0.0.1", 3)
-        threads = sorted(int(t) for t in os.listdir(f"/proc/{server.pid}/task"))
+        threads = sorted(server.threads)  # read in this namespace
         server.close()
     finally:
         run.stop()
@@ -145,6 +146,7 @@ def test_pid_filter_matches_and_shows_the_namespace_pids() -> None:
     assert seen["stderr"].splitlines()[0] == _notice(seen["namespace"])
 
 
+@pytest.mark.method_agnostic  # namespace bookkeeping
 def test_accepts_outside_the_namespace_are_not_shown_but_counted() -> None:
     with start_server(comm="host-outside") as host:
         host.accept_async(2)
@@ -157,6 +159,7 @@ def test_accepts_outside_the_namespace_are_not_shown_but_counted() -> None:
         "shown" in seen["stderr"].splitlines(), seen["stderr"]
 
 
+@pytest.mark.method_agnostic  # namespace bookkeeping
 def test_a_nested_namespace_is_numbered_as_the_tracer_sees_it() -> None:
     seen = in_new_pid_namespace("nested_scenario")
     assert seen["own_pid"] == 1 and seen["here"] != 1
@@ -176,9 +179,12 @@ def test_io_uring_accepts_show_the_namespace_pid_and_tid() -> None:
     assert len(events) == 3, events
     for e in events:
         assert e["pid"] == seen["server"]
-        assert e["tid"] != e["pid"] and e["tid"] in seen["threads"], (e, seen["threads"])
+        # Which thread ran it is the kernel's choice (io-wq or inline); either way one of
+        # the server's, numbered as the namespace numbers it.
+        assert e["tid"] in seen["threads"], (e, seen["threads"])
 
 
+@pytest.mark.method_agnostic  # namespace bookkeeping
 def test_the_initial_namespace_prints_no_notice() -> None:
     with start_server(comm="host-plain") as server:
         run = start_tracer("-p", str(server.pid))

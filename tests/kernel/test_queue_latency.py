@@ -8,17 +8,18 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from tests.support.servers import connect, start_server
-from tests.support.tracer import start_tracer
+from tests.support.tracer import TracerRun, start_tracer
 
 
 def test_queue_latency_grows_by_the_servers_sleep() -> None:
-    with start_server(backlog=16) as server:
-        run = start_tracer()  # JSON always carries queue_latency_us (-l is for text)
+    with start_server(backlog=16) as server, \
+            start_tracer("-p", str(server.pid)) as run:  # JSON always has queue_latency_us
         clients = [connect("127.0.0.1", server.port) for _ in range(5)]
         server.accept_async(5, sleep=0.2)  # sleep 200 ms before each accept
         server.collect()
-        run.stop()
     latencies_ms = [e["queue_latency_us"] / 1000 for e in sorted(run.events([server.pid]),
                                                                   key=lambda e: e["time"])]
     assert len(latencies_ms) == 5
@@ -30,12 +31,11 @@ def test_queue_latency_grows_by_the_servers_sleep() -> None:
 
 
 def test_latency_column_in_text_mode() -> None:
-    with start_server() as server:
-        run = start_tracer("-l", "-P", str(server.port), json_mode=False)
+    with start_server() as server, \
+            start_tracer("-l", "-P", str(server.port), json_mode=False) as run:
         client = connect("127.0.0.1", server.port)
         time.sleep(0.1)
         server.accept(1)
-        run.stop()
     header, row = run.lines[1], run.lines[2]
     assert header.endswith("QLAT(ms)")
     assert 90 <= float(row.split()[-1]) <= 1000
@@ -46,9 +46,8 @@ def test_connection_established_before_tracing_has_null_latency() -> None:
     with start_server() as server:
         client = connect("127.0.0.1", server.port)
         time.sleep(0.1)
-        run = start_tracer()
-        server.accept(1)
-        run.stop()
+        with start_tracer("-p", str(server.pid)) as run:
+            server.accept(1)
     (event,) = run.events([server.pid])
     assert event["queue_latency_us"] is None
     client.close()
@@ -62,14 +61,13 @@ def _bind_connect(source: str, port: int) -> socket.socket:
 
 
 def test_summary_counts_per_listener_and_top_remotes_exactly() -> None:
-    with start_server(comm="srv-a") as a, start_server(comm="srv-b") as b:
-        run = start_tracer("--summary", "60", "-p", f"{a.pid},{b.pid}")
+    with start_server(comm="srv-a") as a, start_server(comm="srv-b") as b, \
+            start_tracer("--summary", "60", "-p", f"{a.pid},{b.pid}") as run:
         clients = [_bind_connect("127.0.0.1", a.port) for _ in range(4)]
         clients += [_bind_connect("127.0.0.2", a.port) for _ in range(2)]
         clients += [_bind_connect("127.0.0.3", b.port) for _ in range(3)]
         a.accept(6)
         b.accept(3)
-        run.stop()
     objects = [json.loads(line) for line in run.lines]
     (summary,) = [o for o in objects if o["event"] == "summary"]
     rows = {(r["comm"], r["lport"]): r for r in summary["listeners"]}
@@ -89,10 +87,17 @@ def test_summary_counts_per_listener_and_top_remotes_exactly() -> None:
         c.close()
 
 
-def _latency_map_ids() -> set[int]:
-    maps = json.loads(subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True,
-                                     text=True, check=True).stdout)
-    return {m["id"] for m in maps if m.get("name") == "established_at"}
+def _latency_map_of(run: TracerRun) -> int:
+    """The established_at map of this test's own tracer: among the maps its process holds
+    (other tracers on this machine have one each)."""
+    ids = []
+    for map_id in run.bpf_ids("map"):
+        info = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
+                                         capture_output=True, text=True, check=True).stdout)
+        if info.get("name") == "established_at":
+            ids.append(map_id)
+    (ours,) = ids
+    return ours
 
 
 def _map_entries(map_id: int) -> tuple[int, int]:
@@ -103,12 +108,11 @@ def _map_entries(map_id: int) -> tuple[int, int]:
     return len(dump), info["max_entries"]
 
 
+@pytest.mark.method_agnostic  # the maps' bounds: the same whatever delivers the accepts
 def test_never_accepted_connections_leave_the_latency_map_bounded() -> None:
-    before = _latency_map_ids()  # another tracer may be running: find ours by id
-    run = start_tracer()
-    (ours,) = _latency_map_ids() - before
     total = 0
-    try:
+    with start_tracer() as run:
+        ours = _latency_map_of(run)
         while total < 100_000:
             # A listener that never accepts: 4000 children queue up, then it closes.
             listener = socket.socket()
@@ -122,8 +126,6 @@ def test_never_accepted_connections_leave_the_latency_map_bounded() -> None:
             total += 4000
             listener.close()
         entries, max_entries = _map_entries(ours)
-    finally:
-        run.stop()
     assert max_entries == 16384
     # Stamps really were taken, yet the map stays bounded: the LRU evicted the rest.
     # (The kernel's LRU evicts from per-CPU lists well before it is full.)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tcpaccept.aggregate import AggregateReader
 from tcpaccept.config import Config
 from tcpaccept.metrics import MetricsSink
@@ -14,6 +16,8 @@ from tcpaccept.tracer import Tracer
 from tests.support.accept_load import accept_server, connect_many, samples
 from tests.support.tracer import PROBE
 from tests.unit.test_metrics_server import get
+
+pytestmark = [pytest.mark.method_agnostic]  # what the scrape thread reads, not how accepts arrive
 
 AGGREGATION_MAPS = ("listener_stats", "remote_counts", "aggregate_counters", "aggregate_epoch")
 

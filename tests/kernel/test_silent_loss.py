@@ -37,7 +37,8 @@ from tests.kernel.test_hardening import (
 )
 from tests.support.tracer import BANNER, tcpaccept_command
 
-pytestmark = pytest.mark.kernel
+# Signals, pipes and stderr under load: timed at full speed, on the host.
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
 
 TOTAL = re.compile(r"^Lost (\d+) events in total$", re.MULTILINE)
 ANY_LOST = re.compile(r"^Lost (\d+) events(?: \([^)]*\))?$", re.MULTILINE)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
 from tests.support.servers import connect, start_server
-from tests.support.tracer import attach_method
+from tests.support.tracer import BANNER, attach_method, start_tracer
 
 # In a private mount namespace: unmount every tracefs/debugfs, then trace one accept.
 SCRIPT = """
@@ -21,19 +17,14 @@ exec "$@"
 
 def test_traces_with_tracefs_unmounted() -> None:
     method = attach_method()
-    with start_server() as server:
-        tracer = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
-             sys.executable, "-m", "tcpaccept.cli", "--probe", method, "-n", "1", "-j",
-             "-p", str(server.pid)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        assert tracer.stderr is not None
-        assert tracer.stderr.readline().strip() == "Tracing TCP accepts. Hit Ctrl-C to end."
-        time.sleep(0.2)
+    with start_server() as server, \
+            start_tracer("-n", "1", "-p", str(server.pid), probe=method,
+                         wrapper=["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                  SCRIPT, "sh"]) as tracer:
         client = connect("127.0.0.1", server.port)
         server.accept(1)
-        out, err = tracer.communicate(timeout=30)
+        tracer.proc.wait(30)
         client.close()
-    assert tracer.returncode == 0, err
-    assert f'"pid": {server.pid}' in out
+    assert tracer.returncode == 0, tracer.stderr
+    assert tracer.stderr.splitlines()[0] == BANNER  # mounted quietly
+    assert [e["pid"] for e in tracer.events()] == [server.pid]

@@ -40,6 +40,17 @@ class NetNamespace:
         ).stdout
         return parse_listen_overflows(text, f"/proc/net/netstat in netns {self.name}")
 
+    def tcp_ext(self, name: str) -> int:
+        """One TcpExt counter of the namespace (e.g. TCPSynRetrans), read inside it."""
+        lines = subprocess.run(
+            [*self._enter, "cat", "/proc/net/netstat"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+                return int(dict(zip(names.split()[1:], values.split()[1:]))[name])
+        raise AssertionError(f"no TcpExt {name} in netns {self.name}")
+
     def accept_queue(self, port: int) -> int:
         """Recv-Q of the namespace's TCP listener on ``port``: its accept queue length."""
         out = subprocess.run(

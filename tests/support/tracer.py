@@ -1,4 +1,9 @@
-"""Runs the real tcpaccept command as a child process and reads what it printed."""
+"""Runs the real tcpaccept command as a child process and reads what it printed.
+
+The one way tests start a tracer: `start_tracer` (or `with start_tracer(...) as run:`).
+Every run is stopped: by the test, by the `with`, or at the latest by the autouse fixture
+in tests/conftest.py, which fails a passing test that left its tracer running. The ids of
+the programs each tracer holds are recorded for the session-end leftover check."""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Iterable, Optional
+from types import TracebackType
+from typing import Iterable, Optional, Sequence
 
-from tests.support.child import Child, ChildError
+from tests.support import leftovers
+from tests.support.child import Child, ChildError, Output
 
 BANNER = "Tracing TCP accepts. Hit Ctrl-C to end."
 # The kernel matrix runs the same tests with each attach method forced.
@@ -29,8 +36,12 @@ def attach_method() -> str:
     raise AssertionError(f"--check did not say what auto picks:\n{check.stdout}")
 
 
-def tcpaccept_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tcpaccept.cli", "--probe", PROBE, *args]
+def tcpaccept_command(*args: str, probe: str = PROBE) -> list[str]:
+    return [sys.executable, "-m", "tcpaccept.cli", "--probe", probe, *args]
+
+
+# Tracers started and not yet stopped: what the per-test fixture stops if a test did not.
+RUNNING: list[TracerRun] = []
 
 
 class TracerRun:
@@ -40,6 +51,23 @@ class TracerRun:
         self.child = child
         self.proc = child.proc
         self.json_mode = json_mode
+        self.programs: set[int] = set()  # ids it held once attached (its own fds)
+
+    def __enter__(self) -> TracerRun:
+        return self
+
+    def __exit__(self, kind: Optional[type], value: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
+        if kind is None:
+            self.stop()
+        else:  # the test's own failure is the one to report
+            self.child.stop(signal.SIGINT, timeout=20)
+            self._forget()
+
+    def bpf_ids(self, kind: str = "prog") -> set[int]:
+        """Ids of the programs or maps this tracer holds now: its own, whatever else the
+        machine runs."""
+        return leftovers.bpf_ids(self.proc.pid, kind)
 
     @property
     def returncode(self) -> Optional[int]:
@@ -52,6 +80,10 @@ class TracerRun:
     @property
     def stderr(self) -> str:
         return self.child.text("stderr")
+
+    def text(self, stream: str = "stdout") -> str:
+        """What it printed on `stream` so far (as Child.text)."""
+        return self.child.text(stream)
 
     @property
     def lines(self) -> list[str]:
@@ -67,10 +99,15 @@ class TracerRun:
         A tracer that ignores the signal is killed and fails the test."""
         # settle: let events already in the ring buffer reach the tracer before it drains.
         self.child.stop(sig, settle=0.3, timeout=timeout)
+        self._forget()
         if self.child.killed:
             raise AssertionError(f"tcpaccept ignored {signal.Signals(sig).name} for "
                                  f"{timeout} s\n{self.stdout}{self.stderr}")
         return self
+
+    def _forget(self) -> None:
+        if self in RUNNING:
+            RUNNING.remove(self)
 
     def events(self, pids: Optional[Iterable[int]] = None) -> list[dict]:
         """Accept events (JSON mode), only those of `pids` when given: the machine may
@@ -88,13 +125,39 @@ def _parse_json(line: str) -> dict:
         raise AssertionError(f"not a JSON line ({exc}): {line!r}") from None
 
 
-def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30) -> TracerRun:
-    """Start tcpaccept and return once it is attached (its banner has been printed)."""
-    child = Child(tcpaccept_command(*(("--json",) if json_mode else ()), *args))
+def start_tracer(*args: str, json_mode: bool = True, timeout: float = 30,
+                 wrapper: Sequence[str] = (), probe: str = PROBE, env: Optional[dict] = None,
+                 stdout: Output = subprocess.PIPE,
+                 banner_stream: Optional[str] = None) -> TracerRun:
+    """Start tcpaccept and return once it is attached (its banner has been printed).
+    `wrapper` runs it under another command that execs it (setpriv, prlimit, unshare);
+    `stdout` may be a file (a Path) or a descriptor the test holds (a pipe it reads
+    slowly); the banner is on stderr in JSON mode and with -q (`banner_stream`)."""
+    command = [*wrapper, *tcpaccept_command(*(("--json",) if json_mode else ()), *args,
+                                            probe=probe)]
+    child = Child(command, env=env, stdout=stdout)
+    run = TracerRun(child, json_mode)
+    RUNNING.append(run)
+    banner_stream = banner_stream or ("stderr" if json_mode else "stdout")
     try:
-        child.wait_for_text(BANNER, "stderr" if json_mode else "stdout", timeout)
+        child.wait_for_text(BANNER, banner_stream, timeout)
     except ChildError as exc:
         child.stop(signal.SIGKILL)
+        run._forget()
         raise AssertionError(f"tcpaccept did not start: {exc}\n{child.text('stdout')}"
                              f"{child.text('stderr')}") from None
-    return TracerRun(child, json_mode)
+    run.programs = leftovers.record_programs(child.pid)
+    return run
+
+
+def stop_leftover_tracers(spare: Iterable[TracerRun] = ()) -> list[str]:
+    """Stop every tracer a test left running, except `spare` (those of module- or
+    session-scoped fixtures, which stop them themselves); their command lines. (One that
+    exited by itself, or that the test ended another way, is only reaped.)"""
+    left = []
+    for run in [run for run in RUNNING if run not in set(spare)]:
+        if run.proc.poll() is None:
+            left.append(" ".join(run.child.argv))
+        run.child.stop(signal.SIGINT, timeout=20)
+        run._forget()
+    return left

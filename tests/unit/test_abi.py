@@ -16,6 +16,7 @@ from tcpaccept.btf import Btf, DataSection, kernel_btf_has_name
 from tcpaccept.errors import TcpacceptError
 from tcpaccept.event import PACKAGED_OBJECT, Decoder, RecordLayout
 from tests.support.bpf_variants import BPF_SOURCES, build_variant, replace, swap_members
+from tests.support.records import encode_record
 
 FIELDS = dict(pid=4242, tid=4243, uid=33, netns=4026531840, comm="nginx",
               family=socket.AF_INET, lport=80, rport=51234,
@@ -26,7 +27,7 @@ FIELDS = dict(pid=4242, tid=4243, uid=33, netns=4026531840, comm="nginx",
 
 
 def decoded(layout: RecordLayout) -> tuple:
-    e = Decoder(layout, boot_to_wall_ns=0).decode(layout.encode(**FIELDS))
+    e = Decoder(layout, boot_to_wall_ns=0).decode(encode_record(layout, **FIELDS))
     return (e.pid, e.tid, e.uid, e.netns, e.comm, e.lport, e.rport, e.laddr, e.raddr,
             e.backlog, e.backlog_max, e.fd, e.listen_fd, e.cgroup_id, e.time_ns,
             e.queue_latency_ns, e.probe)
@@ -49,7 +50,7 @@ def test_swapped_fields_move_in_the_record_and_still_decode_by_name(tmp_path: Pa
         assert swapped.field(a).offset == original.field(b).offset
     assert swapped.size == original.size
     # ... so the packaged layout reads its records wrong, the variant's own reads them right.
-    raw = swapped.encode(**FIELDS)
+    raw = encode_record(swapped, **FIELDS)
     wrong = Decoder(original, boot_to_wall_ns=0).decode(raw)
     assert (wrong.lport, wrong.raddr, wrong.uid) == (51234, "192.168.0.1", 4026531840)
     assert decoded(swapped) == EXPECTED
@@ -79,7 +80,7 @@ def test_probe_names_and_comm_length_come_from_the_object(tmp_path: Path) -> Non
         "\tPROBE_FEXIT = 3,\n", "\tPROBE_FEXIT = 3,\n\tPROBE_SOMETHING_NEW = 9,\n")})
     layout = RecordLayout.from_object(obj)
     assert layout.probe_names[9] == "something_new"
-    assert Decoder(layout).decode(layout.encode(**{**FIELDS, "probe": 9})).probe \
+    assert Decoder(layout).decode(encode_record(layout, **{**FIELDS, "probe": 9})).probe \
         == "something_new"
     assert RecordLayout.from_object(PACKAGED_OBJECT).comm_len == 16
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tcpaccept.cli import build_parser
+
 
 def tcpaccept(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tcpaccept.cli", *args],
@@ -105,8 +107,13 @@ def test_help_ends_with_the_examples() -> None:
     assert result.stderr == ""
     text = result.stdout.rstrip("\n")
     examples = text[text.rindex("\nexamples:\n"):].splitlines()[2:]
-    assert len(examples) >= 10
     assert all(line.startswith("  tcpaccept") for line in examples), examples
+    # Every example distinct, and every flag it shows one the parser knows (none stale).
+    assert len(set(examples)) == len(examples), examples
+    known = set(build_parser()._option_string_actions)
+    for line in examples:
+        flags = [word for word in line.split("#")[0].split()[1:] if word.startswith("-")]
+        assert set(flags) <= known, line
     assert text.splitlines()[-1] == examples[-1]
     shown = {line.split()[1] for line in examples if line.split()[1].startswith("-")}
     for flag in ("-p", "-P", "-4", "-6", "-u", "-c", "-N", "--cgroup", "-r", "--cgroupmap",

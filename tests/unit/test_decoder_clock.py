@@ -4,13 +4,14 @@ invalid UTF-8 names kept as bytes (surrogateescape)."""
 from __future__ import annotations
 
 from tcpaccept.event import Decoder, RecordLayout
+from tests.support.records import encode_record
 
 
 def record(layout: RecordLayout, **fields: object) -> bytes:
     base = dict(ts_ns=5_000, pid=1, family=2, lport=80, rport=9, laddr=b"\x7f\0\0\1" + bytes(12),
                 raddr=b"\x7f\0\0\1" + bytes(12), comm=b"nginx")
     base.update(fields)
-    return layout.encode(**base)
+    return encode_record(layout, **base)
 
 
 def test_a_new_offset_applies_to_the_next_record_without_recompiling() -> None:

@@ -9,6 +9,7 @@ from tcpaccept.event import Decoder, RecordLayout
 from tcpaccept.model import Container
 from tcpaccept.output.json_lines import JsonFormatter
 from tcpaccept.output.text import TextFormatter
+from tests.support.records import encode_record
 
 V4 = socket.inet_pton(socket.AF_INET, "10.1.2.3") + b"\0" * 12
 V4_LOCAL = socket.inet_pton(socket.AF_INET, "192.168.0.1") + b"\0" * 12
@@ -23,7 +24,7 @@ def record(**fields) -> bytes:
                 fd=7, listen_fd=6, uid=33, netns=4026531840, cgroup_id=77,
                 ts_ns=5_000_000_000, queue_latency_ns=1_234_567)
     base.update(fields)
-    return LAYOUT.encode(**base)
+    return encode_record(LAYOUT, **base)
 
 
 def test_record_layout_comes_from_the_object() -> None:

@@ -28,6 +28,7 @@ from tcpaccept.listeners.table import Snapshot as SocketsRead
 from tcpaccept.model import Drop, Lost
 from tcpaccept.sink import LostNotices
 from tcpaccept.summary import Log2Histogram, SummarySink
+from tests.support.records import histogram_of
 
 WILDCARD = ListenerKey(netns=1, family=4, laddr="0.0.0.0", lport=80, cgroup_id=9)
 OTHER = ListenerKey(netns=1, family=6, laddr="::1", lport=443, cgroup_id=9)
@@ -93,9 +94,7 @@ def test_percentiles_are_the_upper_edge_of_the_log2_bucket() -> None:
 
 
 def test_log2_histogram_buckets_like_bcc() -> None:
-    h = Log2Histogram()
-    for value in (0, 1, 2, 3, 100, 100, 1000):
-        h.add(value)
+    h = histogram_of((0, 1, 2, 3, 100, 100, 1000))
     assert h.rows()[:4] == [(0, 0, 1), (1, 1, 1), (2, 3, 2), (4, 7, 0)]
     assert (64, 127, 2) in h.rows() and h.rows()[-1] == (512, 1023, 1)
     assert Log2Histogram(_slots(s2=2, s7=2)).rows()[0] == (2, 3, 2)

@@ -1,26 +1,49 @@
 #!/usr/bin/env bash
 # Builds what tests/vm/guest.py boots under qemu: stock Debian kernels 5.10 (bullseye),
 # 6.1 (bookworm) and 6.12 (trixie), each as an uncompressed vmlinux plus a small busybox
-# initramfs, and one shared Debian bookworm root filesystem.
+# initramfs, and one shared Debian bookworm root filesystem. With ARCH=arm64 the same for
+# aarch64 guests (qemu-system-aarch64, software-emulated): the 6.1 and 6.12 kernels and an
+# arm64 root filesystem, whose second debootstrap stage runs under qemu-user-static.
 # Idempotent: every piece is built into a temporary name, renamed into place when done,
 # and reused later; a piece is rebuilt only when its inputs (this script, the guest init,
 # the package lists) change. The host's own apt state is never touched: kernels come
 # through a private sources list and private state/cache directories.
-# Usage: tests/vm/build_guest.sh [CACHE_DIR]   (as root; default /var/cache/tcpaccept-vm)
+# Usage: tests/vm/build_guest.sh [CACHE_DIR [ARCH]]   (as root; ARCH amd64 or arm64;
+#   default /var/cache/tcpaccept-vm, amd64)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${1:-/var/cache/tcpaccept-vm}
+arch=${2:-amd64}
 mirror=http://deb.debian.org/debian
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
-# Kernel short name -> the Debian release whose linux-image-amd64 provides it.
+# Kernel short name -> the Debian release whose linux-image-$arch provides it.
 declare -A suites=([5.10]=bullseye [6.1]=bookworm [6.12]=trixie)
-host_packages=(qemu-system-x86 busybox-static debootstrap cpio xz-utils zstd kmod
-  debian-archive-keyring python3 util-linux)
+host_packages=(busybox-static debootstrap cpio xz-utils zstd kmod debian-archive-keyring
+  python3 util-linux)
 # What the tests need inside the guest (libc6-dev: bpftrace's tools include its headers).
 rootfs_packages=(python3 python3-venv libbpf1 bpftool bpftrace libc6-dev iproute2
   nginx-light procps util-linux kmod)
+case $arch in
+amd64)
+  kernels=(5.10 6.1 6.12)
+  host_packages+=(qemu-system-x86)
+  ;;
+arm64)
+  # Emulated instruction by instruction: a root filesystem without the heavy
+  # bpftrace/LLVM (the arm64 guests run tcpaccept's own tests only); its busybox (arm64)
+  # also serves the initramfs. 6.12 because arm64 has fexit only since 6.4 (ftrace direct
+  # calls): 6.1 answers ENOTSUPP (524).
+  kernels=(6.1 6.12)
+  # gcc-aarch64-linux-gnu: the io_uring test servers, cross-compiled against the arm64
+  # liburing that build_cross_liburing unpacks.
+  host_packages+=(qemu-system-arm qemu-user-static binfmt-support gcc-aarch64-linux-gnu)
+  rootfs_packages=(python3 python3-venv libbpf1 bpftool iproute2 procps util-linux kmod
+    busybox-static)
+  ;;
+*) echo "build_guest: unknown ARCH '$arch' (amd64 or arm64)" >&2; exit 2 ;;
+esac
 # Bump when the root filesystem recipe below changes in a way the package list does not
 # show; it is part of the digest that decides whether the (slow) debootstrap reruns.
 rootfs_recipe=1
@@ -61,9 +84,23 @@ inputs_digest() {
 
 up_to_date() { [[ -f $1 && "$(cat "$1")" == "$2" ]]; }
 
+# debootstrap's second stage runs the guest's own binaries: for another architecture
+# through qemu-user-static, registered with binfmt_misc (mounted here if it is not).
+enable_foreign_binaries() {
+  [[ $arch == amd64 ]] && return 0
+  if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || die "cannot mount binfmt_misc"
+  fi
+  [[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] || update-binfmts --enable qemu-aarch64 ||
+    die "cannot register qemu-aarch64 with binfmt_misc"
+}
+
 build_rootfs() {
   local stamp=$cache/rootfs.stamp digest
-  digest=$(inputs_digest bookworm "$rootfs_recipe" "${rootfs_packages[@]}")
+  # The architecture counts only when not amd64: an existing x86_64 root stays valid.
+  local arch_input=()
+  [[ $arch == amd64 ]] || arch_input=("$arch")
+  digest=$(inputs_digest bookworm "${arch_input[@]}" "$rootfs_recipe" "${rootfs_packages[@]}")
   if up_to_date "$stamp" "$digest" && [[ -d $cache/rootfs ]]; then
     return 0
   fi
@@ -72,7 +109,8 @@ build_rootfs() {
   rm -rf "$tmp"
   local pkgs
   pkgs=$(IFS=,; echo "${rootfs_packages[*]}")
-  debootstrap --variant=minbase --include="$pkgs" --keyring="$keyring" \
+  enable_foreign_binaries
+  debootstrap --variant=minbase --arch="$arch" --include="$pkgs" --keyring="$keyring" \
     bookworm "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
     die "debootstrap failed, see $cache/debootstrap.log"
   # Nothing in the guest fetches packages; drop the indexes and the downloaded debs.
@@ -103,18 +141,18 @@ EOF
     -o "Dir::Etc::preferences=$dir/etc/preferences"
     -o "Dir::Etc::preferencesparts=$dir/etc/preferences.d"
     -o "Dir::State=$dir/state" -o "Dir::State::status=$dir/state/status"
-    -o "Dir::Cache=$dir/cache" -o "APT::Architecture=amd64" -o "Acquire::Languages=none"
+    -o "Dir::Cache=$dir/cache" -o "APT::Architecture=$arch" -o "Acquire::Languages=none"
     -o "APT::Sandbox::User=root")
 }
 
-# Downloads the kernel package behind linux-image-amd64 of a suite into $kdir/deb/.
+# Downloads the kernel package behind linux-image-$arch of a suite into $kdir/deb/.
 download_kernel() {
   local short=$1 suite=$2 kdir=$3 pkg
   private_apt "$kdir/apt" "$suite"
   apt-get "${apt_opts[@]}" -qq update >/dev/null || die "apt-get update for $suite failed"
-  pkg=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 |
+  pkg=$(apt-cache "${apt_opts[@]}" depends "linux-image-$arch" |
     awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
-  [[ $pkg == linux-image-"$short".* ]] || die "$suite: linux-image-amd64 gives '$pkg', not $short"
+  [[ $pkg == linux-image-"$short".* ]] || die "$suite: linux-image-$arch gives '$pkg', not $short"
   log "$suite: downloading $pkg"
   rm -rf "$kdir/deb"
   mkdir -p "$kdir/deb"
@@ -170,7 +208,12 @@ build_initramfs() {
   stage=$kdir/initramfs.d
   rm -rf "$stage"
   mkdir -p "$stage/bin" "$stage/dev" "$stage/modules"
-  cp /bin/busybox "$stage/bin/busybox"
+  # The guest's own busybox: the host's for amd64, the arm64 root filesystem's for arm64.
+  if [[ $arch == amd64 ]]; then
+    cp /bin/busybox "$stage/bin/busybox"
+  else
+    cp "$cache/rootfs/bin/busybox" "$stage/bin/busybox"
+  fi
   install -m 0755 "$here/guest_init.sh" "$stage/init"
   # The kernel opens /dev/console for init before anything can mount devtmpfs.
   mknod -m 600 "$stage/dev/console" c 5 1
@@ -198,7 +241,7 @@ build_initramfs() {
 
 build_kernel() {
   local short=$1 suite=${suites[$1]} kdir=$cache/kernels/$1 digest release
-  digest=$(inputs_digest "$suite" "${initramfs_modules[@]}" "$here/build_guest.sh" \
+  digest=$(inputs_digest "$suite" "$arch" "${initramfs_modules[@]}" "$here/build_guest.sh" \
     "$here/guest_init.sh" "$here/extract_vmlinux.py")
   if up_to_date "$kdir/stamp" "$digest" && [[ -f $kdir/release ]]; then
     return 0
@@ -210,12 +253,35 @@ build_kernel() {
   unpack_kernel "$kdir"
   release=$(cat "$kdir/release.new")
   log "$suite: kernel $release"
-  /usr/bin/python3 "$here/extract_vmlinux.py" "$kdir/pkg/boot/vmlinuz-$release" \
-    "$kdir/vmlinux.new" || die "cannot extract vmlinux of $release"
+  if [[ $arch == amd64 ]]; then
+    /usr/bin/python3 "$here/extract_vmlinux.py" "$kdir/pkg/boot/vmlinuz-$release" \
+      "$kdir/vmlinux.new" || die "cannot extract vmlinux of $release"
+  else
+    # arm64's vmlinuz is the kernel's Image, gzip-compressed or not; qemu boots both.
+    cp "$kdir/pkg/boot/vmlinuz-$release" "$kdir/vmlinux.new"
+  fi
   mv "$kdir/vmlinux.new" "$kdir/vmlinux"
   build_initramfs "$kdir"
   mv "$kdir/release.new" "$kdir/release"
   echo "$digest" >"$kdir/stamp"
+}
+
+# arm64: liburing-dev (headers, static library) of bookworm unpacked under $cache/liburing,
+# for cross-compiling the io_uring test servers (tests/support/uring).
+build_cross_liburing() {
+  local dir=$cache/liburing digest
+  digest=$(inputs_digest bookworm "$arch" liburing-dev)
+  if up_to_date "$dir.stamp" "$digest" && [[ -d $dir/usr/include ]]; then
+    return 0
+  fi
+  private_apt "$cache/liburing-apt" bookworm
+  apt-get "${apt_opts[@]}" -qq update >/dev/null || die "apt-get update for liburing failed"
+  rm -rf "$cache/liburing-apt/deb" "$dir"
+  mkdir -p "$cache/liburing-apt/deb"
+  (cd "$cache/liburing-apt/deb" && apt-get "${apt_opts[@]}" -qq download liburing-dev) ||
+    die "download liburing-dev ($arch)"
+  dpkg-deb -x "$cache"/liburing-apt/deb/*.deb "$dir"
+  echo "$digest" >"$dir.stamp"
 }
 
 main() {
@@ -225,11 +291,13 @@ main() {
   exec 9>"$cache/.lock"
   flock 9
   install_host_deps
+  # First the root filesystem: an arm64 initramfs takes its busybox.
+  build_rootfs
   local short
-  for short in 5.10 6.1 6.12; do
+  for short in "${kernels[@]}"; do
     build_kernel "$short"
   done
-  build_rootfs
+  [[ $arch == amd64 ]] || build_cross_liburing
   log "ready in $cache"
 }
 

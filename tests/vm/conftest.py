@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from guest import DEFAULT_CACHE, KERNELS, build_images
+from guest import ARM64_CACHE, DEFAULT_CACHE, KERNELS, build_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,17 @@ def vm_cache() -> Path:
 
 
 @pytest.fixture(scope="session")
+def arm64_cache() -> Path:
+    """The arm64 guest images (their own cache subdirectory), and the io_uring test server
+    cross-compiled for aarch64 against the arm64 liburing unpacked there."""
+    build_images(ARM64_CACHE, arch="arm64")
+    from tests.support.uring import binary
+
+    binary("accept_server", machine="aarch64", liburing=ARM64_CACHE / "liburing")
+    return ARM64_CACHE
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
 
@@ -45,9 +56,13 @@ def kernel(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """The kernel x method table, for CI logs and closing notes."""
+    """The kernel x method tables, for CI logs and closing notes."""
+    import test_arm64
     import test_matrix
 
     if test_matrix.RESULTS:
         terminalreporter.write_sep("=", "kernel matrix")
         terminalreporter.write_line(test_matrix.matrix_table())
+    if test_arm64.RESULTS:
+        terminalreporter.write_sep("=", "arm64 kernel matrix")
+        terminalreporter.write_line(test_arm64.arm64_table())

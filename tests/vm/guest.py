@@ -3,6 +3,9 @@
 Why: this host's kernel cannot attach kprobes or fentry programs, so the attach methods
 are proven inside Debian's own 5.10 (bullseye), 6.1 (bookworm) and 6.12 (trixie)
 kernels. tests/vm/build_guest.sh builds the images once into a cache directory.
+The arm64 build (arch="arm64") boots Debian's arm64 6.1 and 6.12 kernels under
+qemu-system-aarch64, emulated instruction by instruction, from its own cache subdirectory
+(ARM64_CACHE).
 
 What the guest sees:
 - a Debian bookworm root (python3, bpftool, bpftrace, nginx-light, iproute2, ...) with a
@@ -37,17 +40,28 @@ from typing import Mapping, Optional, Sequence
 
 # Kernel short name -> the Debian release whose stock kernel it is.
 KERNELS: dict[str, str] = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie"}
+# The arm64 guests, every instruction emulated (build_guest.sh's arm64 list).
+ARM64_KERNELS: dict[str, str] = {"6.1": "bookworm", "6.12": "trixie"}
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build_guest.sh"
 DEFAULT_CACHE = Path(os.environ.get("TCPACCEPT_VM_CACHE", "/var/cache/tcpaccept-vm"))
+# Its own subdirectory: an arm64 build never touches the x86_64 images.
+ARM64_CACHE = DEFAULT_CACHE / "arm64"
 
-QEMU = "qemu-system-x86_64"
 # Multi-threaded TCG crashed 6.12 ("Oops: int3") and hung 6.1 while probes were attached
 # and detached; /dev/kvm here is nested and cannot run a stock kernel.
 QEMU_ACCEL = "tcg,thread=single"
 GUEST_MEMORY_MB = 2048
-KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
+# Per guest architecture: qemu and its machine, and the kernel's serial console.
+QEMU_MACHINE: dict[str, list[str]] = {
+    "amd64": ["qemu-system-x86_64", "-accel", QEMU_ACCEL, "-cpu", "max"],
+    # virt: PCI (virtio-9p-pci) and a PL011 serial port (ttyAMA0). cortex-a72 rather than
+    # max: no pointer authentication, whose emulated QARMA hashing slows every call.
+    "arm64": ["qemu-system-aarch64", "-machine", "virt", "-accel", QEMU_ACCEL,
+              "-cpu", "cortex-a72"],
+}
+CONSOLE = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
 
 # Exported in the guest before the caller's env: no bytecode or pytest cache written into
 # the (overlaid) project, and a way for tests to tell where they run.
@@ -120,12 +134,16 @@ class GuestImage:
     modules: Path  # the directory shared as /lib/modules
     rootfs: Path
 
+    arch: str = "amd64"  # the guest's Debian architecture
+
     @classmethod
-    def locate(cls, kernel: str, cache: Path = DEFAULT_CACHE) -> GuestImage:
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {kernel!r}, expected one of {sorted(KERNELS)}")
+    def locate(cls, kernel: str, cache: Path = DEFAULT_CACHE, arch: str = "amd64") -> GuestImage:
+        known = ARM64_KERNELS if arch == "arm64" else KERNELS
+        if kernel not in known:
+            raise ValueError(f"unknown {arch} kernel {kernel!r}, expected one of {sorted(known)}")
         kdir = cache / "kernels" / kernel
         image = cls(
+            arch=arch,
             kernel=kernel,
             release=_read_text(kdir / "release").strip(),
             vmlinux=kdir / "vmlinux",
@@ -135,7 +153,7 @@ class GuestImage:
         )
         for path in (image.vmlinux, image.initramfs, image.modules, image.rootfs):
             if not path.exists():
-                raise GuestError(f"{path} missing: run {BUILD_SCRIPT} {cache}")
+                raise GuestError(f"{path} missing: run {BUILD_SCRIPT} {cache} {arch}")
         return image
 
 
@@ -146,10 +164,10 @@ def _read_text(path: Path) -> str:
         raise GuestError(f"{path} missing: run {BUILD_SCRIPT}") from exc
 
 
-def build_images(cache: Path = DEFAULT_CACHE, timeout: float = 1800) -> None:
+def build_images(cache: Path = DEFAULT_CACHE, timeout: float = 1800, arch: str = "amd64") -> None:
     """Build or refresh the guest images (quick when the cache is complete)."""
     proc = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), str(cache)],
+        ["bash", str(BUILD_SCRIPT), str(cache), arch],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -174,9 +192,7 @@ def _virtfs(tag: str, path: Path, readonly: bool) -> list[str]:
 
 def qemu_command(image: GuestImage, repo: Path, vmio: Path, smp: int = 1) -> list[str]:
     return [
-        QEMU,
-        "-accel", QEMU_ACCEL,
-        "-cpu", "max",
+        *QEMU_MACHINE[image.arch],
         "-m", str(GUEST_MEMORY_MB),
         "-smp", str(smp),
         "-nodefaults",
@@ -184,10 +200,11 @@ def qemu_command(image: GuestImage, repo: Path, vmio: Path, smp: int = 1) -> lis
         "-serial", "stdio",
         "-nic", "none",
         "-no-reboot",
-        # The uncompressed ELF boots through its PVH note, skipping the decompressor.
+        # x86_64: the uncompressed ELF boots through its PVH note, skipping the
+        # decompressor. arm64: the kernel's Image, which qemu unpacks if gzipped.
         "-kernel", str(image.vmlinux),
         "-initrd", str(image.initramfs),
-        "-append", KERNEL_CMDLINE,
+        "-append", f"console={CONSOLE[image.arch]} panic=-1 quiet",
         *_virtfs("rootfs", image.rootfs, readonly=True),
         *_virtfs("repo", repo, readonly=True),
         *_virtfs("modules", image.modules, readonly=True),
@@ -241,7 +258,7 @@ def _boot(image: GuestImage, repo: Path, vmio: Path, timeout: float, smp: int) -
     seconds = time.monotonic() - started
     console_text = console_path.read_text(errors="replace")
     rc_path = vmio / "rc"
-    where = f"kernel {image.kernel} ({image.release})"
+    where = f"{image.arch} kernel {image.kernel} ({image.release})"
     if qemu_rc is None:
         raise GuestError(f"{where}: timed out after {timeout:.0f}s\n{_tail(console_text)}")
     if not rc_path.exists():
@@ -264,14 +281,16 @@ def run_script(
     cache: Path = DEFAULT_CACHE,
     share_dir: Optional[Path] = None,
     smp: int = 1,
+    arch: str = "amd64",
 ) -> GuestResult:
-    """Boot `kernel` ("5.10", "6.1" or "6.12") and run `script` with bash inside it.
+    """Boot `kernel` ("5.10", "6.1" or "6.12"; arm64: "6.1" or "6.12") and run `script` with bash
+    inside it.
 
     `env` is exported before the script runs. Files the script writes under /vmio are
     left in `share_dir` when one is given (else a temporary directory, removed after).
     Raises GuestError if the guest does not get as far as reporting an exit status.
     """
-    image = GuestImage.locate(kernel, cache)
+    image = GuestImage.locate(kernel, cache, arch)
     repo = repo.resolve()
     if share_dir is not None:
         share_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +312,9 @@ def run_in_guest(
     cache: Path = DEFAULT_CACHE,
     share_dir: Optional[Path] = None,
     smp: int = 1,
+    arch: str = "amd64",
 ) -> GuestResult:
     """Run one command (an argv list, no shell) inside the guest; see run_script()."""
     script = "exec " + shlex.join(command)
-    return run_script(kernel, script, repo, timeout, env, cache=cache, share_dir=share_dir, smp=smp)
+    return run_script(kernel, script, repo, timeout, env, cache=cache, share_dir=share_dir,
+                      smp=smp, arch=arch)

@@ -25,10 +25,7 @@ enum { false = 0, true = 1 };
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
-struct pt_regs {
-	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
-	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
-};
+/* struct pt_regs differs per architecture: arch.bpf.h, included at the end. */
 
 struct ns_common {
 	unsigned int inum;
@@ -176,5 +173,7 @@ struct syscall_exit_ctx {
 	int syscall_nr;
 	long ret;
 };
+
+#include "arch.bpf.h"
 
 #endif

@@ -9,8 +9,9 @@
  * of every task, which leaves at once unless the syscall is accept or accept4 (user space
  * uses these only when the tracefs ids cannot be read; bench/sys_exit_tax.py measures it).
  *
- * At sys_exit the tracepoint's pt_regs are the thread's saved user registers: orig_ax is the
- * syscall number, the first argument register still holds the listening fd. */
+ * At sys_exit the tracepoint's pt_regs are the thread's saved user registers: they hold the
+ * syscall number and its first argument, the listening fd (where: arch.bpf.h, through
+ * kernel_types.h). */
 #ifndef TCPACCEPT_SYS_EXIT_BPF_H
 #define TCPACCEPT_SYS_EXIT_BPF_H
 
@@ -18,40 +19,11 @@
 #include "accept.bpf.h"
 #include "fds.bpf.h"
 
-#if defined(__TARGET_ARCH_x86)
-/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). A 32-bit task's numbers
- * mean other syscalls (ia32 43 is times): like the syscalls:* tracepoints, which ignore
- * compat syscalls, skip a task in an ia32 syscall (thread_info.status & TS_COMPAT). x32
- * numbers carry bit 30 and match neither. */
-#define NR_ACCEPT 43
-#define NR_ACCEPT4 288
-#define TS_COMPAT 0x0002
-
-struct thread_info___x86 {
-	__u32 status;
-} __attribute__((preserve_access_index));
-
-struct task_struct___x86 {
-	struct thread_info___x86 thread_info;
-} __attribute__((preserve_access_index));
-
-static __always_inline bool in_compat_syscall(void)
-{
-	struct task_struct___x86 *task = (void *)bpf_get_current_task();
-
-	if (!bpf_core_field_exists(task->thread_info))
-		return false;
-	return BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
-}
-#else
-#error "sys_exit.bpf.h: syscall numbers for this architecture are not defined"
-#endif
-
 static __always_inline bool is_accept_syscall(struct pt_regs *regs)
 {
-	long nr = regs->orig_ax;
+	long nr = SYSCALL_NR(regs);
 
-	return (nr == NR_ACCEPT || nr == NR_ACCEPT4) && !in_compat_syscall();
+	return (nr == ARCH_NR_ACCEPT || nr == ARCH_NR_ACCEPT4) && !in_compat_syscall(regs);
 }
 
 /* Probe reads (kernels 5.8 to 6.1, or where the BTF walk is refused). */

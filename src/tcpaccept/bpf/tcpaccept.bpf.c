@@ -13,7 +13,8 @@
  *
  * The headers form a tree; each includes what it uses:
  *   tcpaccept.h      the record (struct accept_event), shared with user space through BTF
- *   kernel_types.h   the kernel's types, CO-RE relocated
+ *   kernel_types.h   the kernel's types, CO-RE relocated; arch.bpf.h its per-CPU-architecture
+ *                    part (pt_regs, syscall numbers)
  *   maps.bpf.h       load-time settings, the record path's and the filters' maps
  *   kread.bpf.h      KREAD: a field by direct load or probe read; bpf_rdonly_cast
  *   accepter.bpf.h   who accepted (ids, comm, cgroup) and the task filters;
@@ -101,9 +102,6 @@ static __always_inline int on_accept_enter(struct syscall_enter_ctx *ctx)
 	bpf_map_update_elem(&accepting_fd, &tid, &fd, BPF_ANY);
 	return 0;
 }
-
-/* x86-64: THREAD_SIZE (16 KiB); the user registers are saved at the top of the stack. */
-#define KERNEL_STACK_SIZE (4096 << 2)
 
 /* The accepting thread's saved user registers: they still hold the syscall's first
  * argument, the listening fd, even for an accept() that blocked before tracing began. */

@@ -30,6 +30,9 @@ _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 # Bounded like the decoder's caches: a host has few distinct names, an attacker may make many.
 _CACHE_LIMIT = 4096
 _cache: dict[str, str] = {}
+# The cache's lookup, for formatters that inline the hit (None on a miss). The dict is only
+# ever cleared, never replaced, so this stays bound to it.
+escaped_lookup = _cache.get
 
 
 def _escape_char(ch: str) -> str:

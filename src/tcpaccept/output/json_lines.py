@@ -9,6 +9,11 @@ from typing import Callable, Optional
 from ..model import Accept, Container, Drop
 from .clock import SecondCache, iso_prefix
 
+_ACCEPT_LINE = (
+    '{"event": "accept", "time": "%s.%06d%s", "pid": %d, "tid": %d, "comm": %s, '
+    '"family": %d, "raddr": "%s", "rport": %d, "laddr": "%s", "lport": %d, "backlog": %d, '
+    '"backlog_max": %d, "fd": %s, "listen_fd": %s, "uid": %d, "netns": %d, "cgroup_id": %d, '
+    '"queue_latency_us": %s%s%s}')
 _NO_CONTAINER = ', "container_id": null, "container": null, "pod": null, "namespace": null'
 
 
@@ -20,6 +25,8 @@ class JsonFormatter:
 
     def __init__(self, cgroup_path: Optional[Callable[[int], str]] = None) -> None:
         self._clock = SecondCache(iso_prefix)
+        self._second = -1  # the second _stamp/_offset show, for line()'s inlined clock
+        self._stamp = self._offset = ""
         self._comm_json: dict[str, str] = {}
         self._container_json: dict[Optional[Container], str] = {None: _NO_CONTAINER}
         self.cgroup_path = cgroup_path
@@ -50,21 +57,24 @@ class JsonFormatter:
         return quoted
 
     def line(self, e: Accept) -> str:
-        qlat = "null" if e.queue_latency_ns is None else f"{e.queue_latency_ns / 1000:.3f}"
-        cgroup = ""
-        if self.cgroup_path is not None:
-            cgroup = f', "cgroup": {json.dumps(self.cgroup_path(e.cgroup_id))}'
-        return (
-            f'{{"event": "accept", "time": "{self.time(e.time_ns)}", "pid": {e.pid}, '
-            f'"tid": {e.tid}, "comm": {self._quoted_comm(e.comm)}, "family": {e.family}, '
-            f'"raddr": "{e.raddr}", "rport": {e.rport}, "laddr": "{e.laddr}", '
-            f'"lport": {e.lport}, "backlog": {e.backlog}, "backlog_max": {e.backlog_max}, '
-            f'"fd": {_fd(e.fd)}, "listen_fd": {_fd(e.listen_fd)}, "uid": {e.uid}, '
-            f'"netns": {e.netns}, '
-            f'"cgroup_id": {e.cgroup_id}, "queue_latency_us": {qlat}'
-            f'{self._container_json.get(e.container) or self._container_keys(e.container)}'
-            f'{cgroup}}}'
-        )
+        # Once per event: the second's text, comm and container keys come from caches
+        # inlined here (the time as in time(), without its calls and tuples); one
+        # %-format, ~15% cheaper than the same f-string. fexit and kprobe see the socket,
+        # not the descriptor: fd is null there, not a fake -1.
+        second = e.time_ns // 1_000_000_000
+        if second != self._second:
+            self._second = second
+            self._stamp, self._offset = iso_prefix(second)
+        qlat = e.queue_latency_ns
+        return _ACCEPT_LINE % (
+            self._stamp, e.time_ns % 1_000_000_000 // 1000, self._offset, e.pid, e.tid,
+            self._comm_json.get(e.comm) or self._quoted_comm(e.comm), e.family, e.raddr,
+            e.rport, e.laddr, e.lport, e.backlog, e.backlog_max,
+            e.fd if e.fd >= 0 else "null", e.listen_fd if e.listen_fd >= 0 else "null",
+            e.uid, e.netns, e.cgroup_id, "null" if qlat is None else "%.3f" % (qlat / 1000),
+            self._container_json.get(e.container) or self._container_keys(e.container),
+            "" if self.cgroup_path is None
+            else f', "cgroup": {json.dumps(self.cgroup_path(e.cgroup_id))}')
 
     def drop_line(self, report: Drop) -> str:
         return json.dumps({
@@ -82,7 +92,3 @@ def _container_fields(container: Optional[Container]) -> dict:
     return {"container_id": container.id, "container": container.name, "pod": container.pod,
             "namespace": container.namespace}
 
-
-def _fd(fd: int) -> str:
-    """fexit and kprobe see the socket, not the descriptor: null rather than a fake -1."""
-    return str(fd) if fd >= 0 else "null"

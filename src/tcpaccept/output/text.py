@@ -7,9 +7,12 @@ from typing import Callable, Optional
 
 from ..model import Accept, Container, Drop
 from .clock import SecondCache, hms
-from .escape import escape_text
+from .escape import escape_text, escaped_lookup
 
 SEED_ROW = "{:<8} {:<6} {:<14} {:<39} {:<5} {:<39} {:<5} {}"
+# The same row for an accept, as %-formatting: about twice as fast as str.format here, and
+# this runs once per event (SEED_ROW stays for the header and drop rows).
+_ACCEPT_ROW = "%-8s %-6d %-14s %-39s %-5d %-39s %-5d %d/%d"
 _NS = 1_000_000_000
 
 
@@ -37,6 +40,10 @@ class TextFormatter:
         self.cgroup_path = cgroup_path or str
         self._clock = SecondCache(hms)
         self._has_extra = extended or latency
+        # The seed's columns only, local HH:MM:SS: what `tcpaccept` with no flags prints.
+        self._plain = not self._has_extra and relative_to_ns is None
+        self._second = -1  # the second self._hms shows (the plain row's inlined clock)
+        self._hms = ""
 
     def header(self) -> str:
         time_title = "TIME(s)" if self.relative_to_ns is not None else "TIME"
@@ -60,6 +67,15 @@ class TextFormatter:
         return f"{(time_ns - self.relative_to_ns) / _NS:.3f}"
 
     def line(self, e: Accept) -> str:
+        if self._plain:
+            # The common case inlined: the time text changes once a second, comm comes
+            # from the escape cache (`or` falls through on a miss, and for an empty comm).
+            second = e.time_ns // _NS
+            if second != self._second:
+                self._second = second
+                self._hms = hms(second)
+            return _ACCEPT_ROW % (self._hms, e.pid, escaped_lookup(e.comm) or escape_text(e.comm),
+                                  e.raddr, e.rport, e.laddr, e.lport, e.backlog, e.backlog_max)
         backlog = f"{e.backlog}/{e.backlog_max}"
         # comm and the cgroup path are chosen by the traced system: escaped, never raw.
         row = SEED_ROW.format(self._time(e.time_ns), e.pid, escape_text(e.comm), e.raddr,

@@ -3,7 +3,9 @@
 The C sources sit next to this file; `binary(name)` compiles one with gcc against Debian's
 liburing-dev into build/ here (git-ignored) and reuses it while the source is unchanged.
 They are linked statically, so the VM guests (which have neither gcc nor liburing) can run
-what the host built: the project tree is shared with them at the same path.
+what the host built: the project tree is shared with them at the same path. Each machine's
+build has its own directory (build/x86_64/, build/aarch64/): the arm64 guests run the one
+the host cross-compiled with aarch64-linux-gnu-gcc against an arm64 liburing.
 A missing compiler or library is an error, never a skip.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -27,21 +30,31 @@ class UringUnsupported(Exception):
     """The running kernel refused an io_uring operation or flag (EINVAL)."""
 
 
-def binary(name: str) -> Path:
-    """The compiled program `name` (from name.c), built now if missing or stale."""
+def binary(name: str, machine: str = "", liburing: Optional[Path] = None) -> Path:
+    """The compiled program `name` (from name.c) for `machine` (default: this one), built now
+    if missing or stale. Another machine's is cross-compiled with <machine>-linux-gnu-gcc
+    against the liburing unpacked under `liburing` (its usr/include, usr/lib/<triplet>)."""
+    machine = machine or platform.machine()
     source = SOURCE_DIR / f"{name}.c"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    target = BUILD_DIR / f"{name}-{digest}"
+    target = BUILD_DIR / machine / f"{name}-{digest}"
     if target.exists():
         return target
-    compiler = shutil.which("gcc") or shutil.which("cc")
+    flags: list[str] = []
+    if machine == platform.machine():
+        compiler = shutil.which("gcc") or shutil.which("cc")
+    else:
+        compiler = shutil.which(f"{machine}-linux-gnu-gcc")
+        if liburing is None:
+            raise AssertionError(f"{name} for {machine}: no liburing for it was given")
+        flags = [f"-I{liburing}/usr/include", f"-L{liburing}/usr/lib/{machine}-linux-gnu"]
     if compiler is None:
-        raise AssertionError(f"no C compiler to build {source.name}; install gcc and "
-                             "liburing-dev (or build on the host first: the guests share it)")
-    BUILD_DIR.mkdir(exist_ok=True)
+        raise AssertionError(f"no C compiler to build {source.name} for {machine}; install gcc "
+                             "and liburing-dev (or build on the host first: the guests share it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
     built = subprocess.run(
-        [compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", str(partial),
+        [compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-static", *flags, "-o", str(partial),
          str(source), "-luring"],
         capture_output=True, text=True,
     )
@@ -66,6 +79,9 @@ class UringServer:
     pid: int
     listen_fd: int
     result: dict = field(default_factory=dict)
+    # Its threads once every accept completed: the submitter and any io-wq (iou-wrk-N) or
+    # SQPOLL (iou-sqp-N) worker that may have run one (an idle worker lives on for 5 s).
+    threads: set[int] = field(default_factory=set)
 
     def _read(self) -> dict:
         assert self.proc.stdout
@@ -91,6 +107,7 @@ class UringServer:
         """{"accepted": N, "fds": [...], "overflowed": bool} once N accepts completed."""
         self.result = self._read()
         assert self.result.get("accepted") == self.n, self.result
+        self.threads = {int(tid) for tid in os.listdir(f"/proc/{self.pid}/task")}
         return self.result
 
     def _send(self, line: str) -> None:
