@@ -23,12 +23,12 @@ import pytest
 
 from tcpaccept.listeners import ListenerWatch
 from tests.kernel.test_metrics import _samples
-from tests.kernel.test_privileges import BANNER, as_nobody
+from tests.kernel.test_privileges import as_nobody
 from tests.support import netns as netns_support
 from tests.support.child import Child, free_port
 from tests.support.netns import NetNamespace
 from tests.support.servers import Server, start_server
-from tests.support.tracer import start_tracer
+from tests.support.tracer import BANNER, start_tracer
 
 pytestmark = pytest.mark.method_agnostic  # --probe tracepoint; the drops do not depend on it
 
