@@ -27,18 +27,41 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.test_hardening import (
-    STALLED,
-    StderrRun,
-    accept_load,
-    bpf_program_ids,
-    program_exists,
-    wait_for,
-)
+from tests.kernel.test_hardening import STALLED, accept_load, wait_for
+from tests.support.leftovers import program_loaded as program_exists
+from tests.support.leftovers import record_programs as bpf_program_ids
 from tests.support.tracer import BANNER, tcpaccept_command
 
 # Signals, pipes and stderr under load: timed at full speed, on the host.
 pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
+
+
+
+class StderrRun:
+    """A tcpaccept started by the test itself (these tests own its stdout and stderr: full
+    pipes, a terminal, nohup), whose stderr is read here."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self._err: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr
+        for line in self.proc.stderr:
+            self._err.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+
 
 TOTAL = re.compile(r"^Lost (\d+) events in total$", re.MULTILINE)
 ANY_LOST = re.compile(r"^Lost (\d+) events(?: \([^)]*\))?$", re.MULTILINE)
