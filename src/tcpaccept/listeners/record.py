@@ -1,33 +1,28 @@
 """`struct listener_record` (bpf/listeners.h) as the object's BTF lays it out, decoded by name.
 
-No offsets are written down here: the members the decoder needs are looked up by name with
-their sizes and signedness checked, so a reordered header still decodes right and a changed
-one stops the load with one line naming the field.
+The layout is layout.StructLayout, the one by-name reader of the object's structs: no
+offsets are written down here, the members ListenerRecord needs are checked for presence
+and size, so a reordered header still decodes right and a changed one stops the load with
+one line naming the member.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .. import btf as btf_mod
-from ..errors import TcpacceptError
+from ..layout import StructLayout
 
 RECORD_STRUCT = "listener_record"
 PACKAGED_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "listeners.bpf.o"
 OBJECT_ENV = "TCPACCEPT_LISTENERS_OBJECT"  # another build of the object (development)
 
-# name: size in bytes (unsigned integers); byte arrays: their length (0: any).
-NEEDED_INTS = {"sock_inode": 8, "netns": 4, "pid": 4, "backlog": 4, "backlog_max": 4,
-               "syn_queue": 4, "drops": 4, "family": 2, "lport": 2}
-NEEDED_BYTES = {"laddr": 16, "comm": 0}
-_INT_CODES = {2: "H", 4: "I", 8: "Q"}
-# ListenerRecord's fields, in its order.
-_RECORD_ORDER = ("sock_inode", "netns", "pid", "backlog", "backlog_max", "syn_queue", "drops",
-                 "family", "lport", "laddr", "comm")
+# member: its size in bytes (0: any; comm's length is the kernel's TASK_COMM_LEN choice).
+NEEDED = {"sock_inode": 8, "netns": 4, "pid": 4, "backlog": 4, "backlog_max": 4,
+          "syn_queue": 4, "drops": 4, "family": 2, "lport": 2, "laddr": 16, "comm": 0}
 
 
 def object_path() -> Path:
@@ -51,39 +46,22 @@ class ListenerRecord:
     comm: str
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(ListenerRecord))
+_FAMILY, _LADDR, _COMM = (_RECORD_FIELDS.index(name) for name in ("family", "laddr", "comm"))
+
+
 class RecordLayout:
-    """One struct.Struct over the needed members in offset order, the rest skipped."""
+    """The record's StructLayout, plus last read's decodings keyed by raw record."""
 
     def __init__(self, btf: btf_mod.Btf, source: str) -> None:
-        struct_id = btf.find(RECORD_STRUCT, btf_mod.BTF_KIND_STRUCT)
-        if struct_id is None:
-            raise TcpacceptError(f"{source} has no struct {RECORD_STRUCT}: rebuild it")
-        members = {m.name: m for m in btf.members(struct_id)}
-        fields: list[tuple[int, str, str, int]] = []  # (offset, name, code, size)
-        for name in (*NEEDED_INTS, *NEEDED_BYTES):
-            member = members.get(name)
-            if member is None:
-                raise TcpacceptError(f"{source}: struct {RECORD_STRUCT} has no member {name}")
-            size = btf.size(member.type_id)
-            want = NEEDED_INTS.get(name) or NEEDED_BYTES[name]
-            if want and size != want:
-                raise TcpacceptError(f"{source}: {RECORD_STRUCT}.{name} is {size} bytes, "
-                                     f"this tcpaccept reads {want}: rebuild the object")
-            code = _INT_CODES[size] if name in NEEDED_INTS else f"{size}s"
-            fields.append((member.offset, name, code, size))
-        fields.sort()
-        fmt, pos = ["<"], 0
-        for offset, _name, code, size in fields:
-            if offset > pos:
-                fmt.append(f"{offset - pos}x")
-            fmt.append(code)
-            pos = offset + size
-        self.size = btf.size(struct_id)
-        if self.size > pos:
-            fmt.append(f"{self.size - pos}x")
-        self.struct = struct.Struct("".join(fmt))
-        self.names = tuple(name for _o, name, _c, _s in fields)
-        self._order = [self.names.index(name) for name in _RECORD_ORDER]
+        self.struct_layout = StructLayout.of(btf, RECORD_STRUCT, source).require(**NEEDED)
+        self.size = self.struct_layout.size
+        # Where each ListenerRecord field lands in the unpacked tuple (an int array takes count).
+        slots, i = {}, 0
+        for name, _offset, _code, count in self.struct_layout.members:
+            slots[name] = i
+            i += count or 1
+        self._order = [slots[name] for name in _RECORD_FIELDS]
         # Raw record -> its decoding, from the previous read: most listeners do not change
         # between reads, and decoding (addresses, comm) is most of a read's cost in Python.
         self._seen: dict[bytes, ListenerRecord] = {}
@@ -106,7 +84,7 @@ class RecordLayout:
             chunk = raw[offset:offset + size]
             record = seen.get(chunk) or fresh.get(chunk)
             if record is None:
-                record = self._record(self.struct.unpack(chunk))
+                record = self._record(chunk)
             fresh[chunk] = record
             if record.sock_inode:  # 0: a tick, written only to end the read() early
                 records.append(record)
@@ -115,16 +93,15 @@ class RecordLayout:
 
     def encode(self, **values: object) -> bytes:
         """A raw record as the kernel writes it (unit tests)."""
-        values.setdefault("laddr", b"\0" * 16)
-        values.setdefault("comm", b"")
-        return self.struct.pack(*(values.get(name, 0) for name in self.names))
+        return self.struct_layout.encode(**values)
 
-    def _record(self, values: tuple) -> ListenerRecord:
-        fields = [values[i] for i in self._order]
-        family, raw_addr, comm = fields[7], fields[9], fields[10]
+    def _record(self, chunk: bytes) -> ListenerRecord:
+        unpacked = self.struct_layout.struct.unpack(chunk)
+        values = [unpacked[i] for i in self._order]  # ListenerRecord's field order
+        family, raw_addr, comm = values[_FAMILY], values[_LADDR], values[_COMM]
         if family == socket.AF_INET:
-            fields[9] = socket.inet_ntop(family, raw_addr[:4])
+            values[_LADDR] = socket.inet_ntop(family, raw_addr[:4])
         else:
-            fields[9] = socket.inet_ntop(socket.AF_INET6, raw_addr)
-        fields[10] = comm.split(b"\0", 1)[0].decode(errors="replace")
-        return ListenerRecord(*fields)
+            values[_LADDR] = socket.inet_ntop(socket.AF_INET6, raw_addr)
+        values[_COMM] = comm.split(b"\0", 1)[0].decode(errors="replace")
+        return ListenerRecord(*values)
