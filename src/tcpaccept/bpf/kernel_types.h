@@ -27,6 +27,10 @@ enum { false = 0, true = 1 };
 
 /* struct pt_regs differs per architecture: arch.bpf.h, included at the end. */
 
+typedef struct {
+	int counter;
+} atomic_t;
+
 struct ns_common {
 	unsigned int inum;
 };
@@ -60,6 +64,7 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+	atomic_t sk_drops; /* listeners.bpf.c; 6.18+ may count in sk_drop_counters instead */
 	/* A u16 since 5.6, an 8-bit bitfield before: read it with BPF_CORE_READ_BITFIELD_PROBED. */
 	__u16 sk_protocol;
 	__u16 sk_type;
@@ -77,7 +82,10 @@ struct mptcp_sock {
 	struct sock *first;
 };
 
+struct inode;
+
 struct file {
+	struct inode *f_inode; /* listeners.bpf.c */
 	void *private_data;
 };
 
@@ -126,6 +134,8 @@ struct pid_namespace {
 	struct ns_common ns;
 };
 
+/* Indexed as an array (listeners.bpf.c): its size must be the kernel's (int + pointer,
+ * stable since 2.6.24). */
 struct upid {
 	int nr;
 	struct pid_namespace *ns;

@@ -6,20 +6,16 @@
  * and names the owner. A listener shared by forked workers comes once per process: user space
  * deduplicates by sock_inode.
  *
- * Self-contained on purpose (its own CO-RE types below): the accept tracer's headers evolve
- * on their own. Reads go through BPF_CORE_READ (bpf_probe_read_kernel), which works on every
- * kernel with task_file iterators, trusted BTF pointers or not. */
-#define __VMLINUX_H__
-#include <linux/types.h>
-#include <linux/bpf.h>
+ * The kernel types it shares with the accept tracer (struct sock, socket, file, task_struct,
+ * pid) come from kernel_types.h; only what the tracer never reads is defined below. Reads go
+ * through BPF_CORE_READ (bpf_probe_read_kernel), which works on every kernel with task_file
+ * iterators, trusted BTF pointers or not. */
+#include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
 #include "listeners.h"
 
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP 6
 #define SOCK_STREAM 1
 #define TCP_LISTEN 10
 #define S_IFMT 00170000
@@ -27,46 +23,10 @@
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
-typedef struct {
-	int counter;
-} atomic_t;
-
-struct ns_common {
-	unsigned int inum;
-};
-
-struct net {
-	struct ns_common ns;
-};
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
-struct sock_common {
-	__be32 skc_rcv_saddr;
-	__u16 skc_num;
-	unsigned short skc_family;
-	volatile unsigned char skc_state;
-	possible_net_t skc_net;
-	struct {
-		__u8 u6_addr8[16];
-	} skc_v6_rcv_saddr;
-};
-
 /* 6.18 split the drop counter: a socket with sk_drop_counters set counts there instead. */
 struct numa_drop_counters {
 	atomic_t drops0;
 	atomic_t drops1;
-};
-
-struct sock {
-	struct sock_common __sk_common;
-	atomic_t sk_drops;
-	__u16 sk_protocol; /* an 8-bit bitfield before 5.6: read with the PROBED macro */
-	__u16 sk_type;
-	__u32 sk_ack_backlog;
-	__u32 sk_max_ack_backlog;
 };
 
 struct sock___drop_counters {
@@ -81,37 +41,9 @@ struct inet_connection_sock {
 	struct request_sock_queue icsk_accept_queue;
 };
 
-struct socket {
-	struct sock *sk;
-};
-
 struct inode {
 	unsigned short i_mode;
 	unsigned long i_ino;
-};
-
-struct file {
-	struct inode *f_inode;
-	void *private_data;
-};
-
-struct pid_namespace;
-
-/* Indexed as an array: its size must be the kernel's (int + pointer, stable since 2.6.24). */
-struct upid {
-	int nr;
-	struct pid_namespace *ns;
-};
-
-struct pid {
-	unsigned int level;
-	struct upid numbers[1];
-};
-
-struct task_struct {
-	struct task_struct *group_leader;
-	struct pid *thread_pid;
-	char comm[16];
 };
 
 struct seq_file;
