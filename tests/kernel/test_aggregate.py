@@ -19,7 +19,7 @@ from tcpaccept.config import Config
 from tcpaccept.metrics import MetricsSink
 from tcpaccept.tracer import Tracer
 from tests.support import netns
-from tests.support.accept_load import accept_server, connect_many, samples, scrape
+from tests.support.accept_load import accept_server, connect_many, samples, scrape, scrape_when
 from tests.support.child import free_port
 from tests.support.netns import NetNamespace
 from tests.support.servers import connect, start_server
@@ -182,7 +182,8 @@ def test_same_address_and_port_in_two_namespaces_are_two_series(
             clients += [connect("127.0.0.1", port, netns=b.name) for _ in range(5)]
             in_a.accept(3)
             in_b.accept(5)
-            body = scrape(metrics_port)
+            body = scrape_when(metrics_port, lambda b: sum(
+                v for _, v in samples(b, "tcpaccept_accepts_total", lport=str(port))) >= 8)
         finally:
             run.stop()
             for c in clients:

@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -100,6 +101,19 @@ def connect_many(port: int, count: int, destinations: int = 1, sources: int = 0,
 
 def scrape(port: int) -> bytes:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+
+
+def scrape_when(port: int, ready: Callable[[bytes], bool], timeout: float = 30) -> bytes:
+    """A scrape whose body satisfies `ready`, or the last one after `timeout`. A scrape waits
+    at most metrics_server.FRESH_WAIT_S for the main loop's next read, else it is served the
+    state before (the endpoint never stalls): in a slow guest that may predate the last
+    accepts, which the kernel has counted all the same."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = scrape(port)
+        if ready(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
 
 
 def samples(body: bytes, name: str, **match: str) -> list[tuple[dict, float]]:
