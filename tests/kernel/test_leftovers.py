@@ -3,6 +3,7 @@ that does (positive controls; tests/unit/test_leftovers.py covers plain processe
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,10 @@ def test_loaded_programs_are_seen_through_the_tracers_own_fds() -> None:
     with start_tracer() as run:
         ids = run.bpf_ids("prog")
         assert ids and ids == run.programs and all(program_loaded(i) for i in ids)
+    # The kernel frees a detached program after an RCU grace period: allow it a moment.
+    deadline = time.monotonic() + 5
+    while any(map(program_loaded, ids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [i for i in ids if program_loaded(i)]
 
 
