@@ -58,6 +58,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__set_autoload": (_c.c_int, [_c.c_void_p, _c.c_bool]),
     "bpf_program__autoload": (_c.c_bool, [_c.c_void_p]),
     "bpf_program__attach": (_c.c_void_p, [_c.c_void_p]),
+    "bpf_program__attach_tracepoint": (_c.c_void_p, [_c.c_void_p, _c.c_char_p, _c.c_char_p]),
     "bpf_link__destroy": (_c.c_int, [_c.c_void_p]),
     "bpf_link__fd": (_c.c_int, [_c.c_void_p]),
     "bpf_obj_get_info_by_fd": (_c.c_int, [_c.c_int, _c.c_void_p, _c.POINTER(_c.c_uint32)]),
@@ -252,6 +253,12 @@ class Program:
 
     def attach(self) -> Link:
         ptr = _check_ptr(lib().bpf_program__attach(self._ptr), f"attach {self.name}")
+        return Link(ptr, self.name)
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        """A further attachment to another tracepoint with the same record layout."""
+        ptr = _check_ptr(lib().bpf_program__attach_tracepoint(
+            self._ptr, category.encode(), name.encode()), f"attach {self.name} to {name}")
         return Link(ptr, self.name)
 
     def attach_iter(self) -> Link:

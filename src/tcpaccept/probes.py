@@ -34,19 +34,27 @@ ACCEPT_PROGRAM_ENV = "TCPACCEPT_ACCEPT_PROGRAM"
 PROGRAMS = {
     "fexit": ("fexit_inet_csk_accept",),  # or FEXIT_PRE_6_10, see plan_for
     "kprobe": ("kprobe_inet_csk_accept", "kretprobe_inet_csk_accept"),
-    "tracepoint": ("tp_exit_accept4", "tp_exit_accept"),
+    "tracepoint": ("tp_exit_accept4",),
 }
 # inet_csk_accept(sk, flags, err, kern), before 6.10 turned it into (sk, arg).
 FEXIT_PRE_6_10 = ("fexit_inet_csk_accept_pre_6_10",)
 # The same events through BTF pointers (bpf_get_current_task_btf, bpf_rdonly_cast).
-TRACEPOINT_BTF_WALK = ("tp_exit_accept4_btf", "tp_exit_accept_btf")
+TRACEPOINT_BTF_WALK = ("tp_exit_accept4_btf",)
 # The same two programs at the raw sys_exit tracepoint, attached without tracefs.
 SYS_EXIT_PROBE_READ = ("sys_exit_accept",)
 SYS_EXIT_BTF_WALK = ("sys_exit_accept_btf",)
 # "sys_exit" forces them (tests and the benchmark, as root, where tracefs is readable).
 TRACEPOINT_ATTACH_ENV = "TCPACCEPT_TRACEPOINT_ATTACH"
 # Only when the saved user registers cannot give the listening fd (kernels < 5.15).
-TRACEPOINT_ENTER_PROGRAMS = ("tp_enter_accept4", "tp_enter_accept")
+TRACEPOINT_ENTER_PROGRAMS = ("tp_enter_accept4",)
+# accept() has accept4()'s tracepoint records: each accept4 program is also attached to
+# accept()'s tracepoint (one program verified, not two copies: the verifier's walk of the
+# BTF-walking program is the largest part of a start).
+TWIN_TRACEPOINTS = {
+    "tp_exit_accept4": ("syscalls", "sys_exit_accept"),
+    "tp_exit_accept4_btf": ("syscalls", "sys_exit_accept"),
+    "tp_enter_accept4": ("syscalls", "sys_enter_accept"),
+}
 # Stamps when children become ESTABLISHED, for the accept-queue latency; every method.
 LATENCY_PROGRAMS = ("stamp_established",)
 

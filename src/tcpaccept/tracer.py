@@ -12,55 +12,16 @@ from typing import Callable, Optional, Union
 
 from . import aggregate, libbpf, preflight, probes, sizing
 from .btf import Btf, DataSection
-from .config import Config, IPNetwork
+from .config import Config
 from .errors import TcpacceptError
 from .event import Decoder, RecordLayout, default_object_path
+from .load_settings import configure, remote_key
 from .model import Container
 from .pidns import PidNamespace, shown_pid_namespace
 from .preflight import kernel_version
 from .ring_buffer import RingBuffer
 
 _libc = ctypes.CDLL(None)
-
-
-def configure(rodata: DataSection, config: Config, layout: RecordLayout,
-              saved_regs: bool, cpus: int = 1,
-              pid_namespace: Optional[PidNamespace] = None) -> None:
-    """Write the load-time settings, each by its name in the program's .rodata."""
-    rodata.set("filter_pid", bool(config.pids))
-    rodata.set("filter_lport", bool(config.lports))
-    rodata.set("filter_uid", config.uid is not None)
-    rodata.set("target_uid", config.uid or 0)
-    rodata.set("filter_comm", config.comm is not None)
-    comm = (config.comm or "").encode()[:layout.comm_len - 1]
-    rodata.set("target_comm", comm.ljust(layout.comm_len, b"\0"))
-    rodata.set("filter_netns", config.netns is not None)
-    rodata.set("target_netns", config.netns or 0)
-    rodata.set("filter_cgroup", bool(config.cgroup))
-    rodata.set("filter_cgroupmap", bool(config.cgroupmap))
-    rodata.set("filter_mntnsmap", bool(config.mntnsmap))
-    rodata.set("filter_containers", bool(config.containers))
-    rodata.set("filter_remote", bool(config.remotes))
-    rodata.set("filter_family", bool(config.family))
-    rodata.set("target_family", config.family or 0)
-    rodata.set("saved_regs", saved_regs)
-    rodata.set("queue_latency", config.queue_latency)
-    # Each CPU wakes user space after its share of an eighth of the ring (sizing.py says
-    # why per CPU); user space polls every 50 ms anyway.
-    slots = config.ring_buffer_bytes // layout.ring_slot_bytes
-    rodata.set("wakeup_batch", sizing.wakeup_batch(slots, cpus))
-    rodata.set("in_pid_namespace", pid_namespace is not None)
-    if pid_namespace is not None:
-        rodata.set("pidns_dev", pid_namespace.dev, size=8)
-        rodata.set("pidns_ino", pid_namespace.ino, size=8)
-
-
-def remote_key(network: IPNetwork) -> bytes:
-    """LPM key: prefix length + 16 bytes; IPv4 ranges as IPv4-mapped IPv6 (::ffff:0:0/96)."""
-    if network.version == 4:
-        addr = b"\0" * 10 + b"\xff\xff" + network.network_address.packed
-        return struct.pack("<I", 96 + network.prefixlen) + addr
-    return struct.pack("<I", network.prefixlen) + network.network_address.packed
 
 
 class Tracer:
@@ -182,9 +143,12 @@ class Tracer:
         _libc.malloc_trim(0)
         self._fill_filter_maps(obj)
         for name in plan.programs:
-            self._links.append(obj.program(name).attach())
+            program = obj.program(name)
+            self._links.append(program.attach())
             if name in probes.PROGRAMS["kprobe"]:
                 self._kprobe_links.append(self._links[-1])
+            if name in probes.TWIN_TRACEPOINTS:
+                self._links.append(program.attach_tracepoint(*probes.TWIN_TRACEPOINTS[name]))
         self._lost_map = obj.map("lost_events")
         self._outside_map = obj.map("outside_pid_namespace")
         self._ring = RingBuffer(obj.map("events"), self._on_sample)

@@ -185,7 +185,7 @@ def _program_name(prog_id: int) -> str:
 def _planned_program_lists() -> list[list[str]]:
     """What the default run loads by the plan: its programs, or its fallback's when the
     verifier refuses the BTF walk (names as the kernel keeps them: 15 bytes, so
-    tp_enter_accept and tp_enter_accept4 read the same: a sorted list, not a set)."""
+    two programs may read the same: a sorted list, not a set)."""
     plan = probes.plan_for(attach_method())
     plans = [plan] + ([plan.fallback] if plan.fallback else [])
     return [sorted(name[:15] for name in p.programs) for p in plans]

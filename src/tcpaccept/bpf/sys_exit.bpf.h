@@ -45,7 +45,7 @@ int BPF_PROG(sys_exit_accept, struct pt_regs *regs, long ret)
 			   fd, listen_fd, PROBE_TRACEPOINT);
 }
 
-/* Direct loads through BTF pointers (6.2+), as tp_exit_accept{,4}_btf. */
+/* Direct loads through BTF pointers (6.2+), as tp_exit_accept4_btf. */
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sys_exit_accept_btf, struct pt_regs *regs, long ret)
 {

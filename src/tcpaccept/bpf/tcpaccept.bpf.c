@@ -5,7 +5,8 @@
  * keeps exactly one method's programs with bpf_program__set_autoload:
  *   fexit      fexit/inet_csk_accept            (listener = arg 0, child = return value)
  *   kprobe     kprobe + kretprobe inet_csk_accept (listener saved per thread at entry)
- *   tracepoint syscalls:sys_exit_accept{,4}     (fds resolved through the task's fd table),
+ *   tracepoint syscalls:sys_exit_accept{,4}     (one program on both; fds resolved through
+ *                                                the task's fd table),
  *              or tp_btf/sys_exit without tracefs (sys_exit.bpf.h), and io_uring's
  *              completions (iouring.bpf.h)
  * plus tp_btf/inet_sock_set_state, which stamps when a child becomes ESTABLISHED so the
@@ -149,14 +150,11 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 			   fd, listen_fd, PROBE_TRACEPOINT);
 }
 
+/* One program for accept() and accept4(): user space attaches each to both syscalls'
+ * tracepoints (probes.TWIN_TRACEPOINTS), whose records have one layout. Two copies would
+ * cost the verifier twice at every start. */
 SEC("tracepoint/syscalls/sys_enter_accept4")
 int tp_enter_accept4(struct syscall_enter_ctx *ctx)
-{
-	return on_accept_enter(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_enter_accept")
-int tp_enter_accept(struct syscall_enter_ctx *ctx)
 {
 	return on_accept_enter(ctx);
 }
@@ -167,16 +165,10 @@ int tp_exit_accept4(struct syscall_exit_ctx *ctx)
 	return on_accept_exit(ctx);
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept")
-int tp_exit_accept(struct syscall_exit_ctx *ctx)
-{
-	return on_accept_exit(ctx);
-}
-
 /* ---- tracepoint, BTF pointer walk (kernels >= 6.2) ----
- * The same events with direct loads through BTF pointers instead of probe reads: from
+ * The same event with direct loads through BTF pointers instead of probe reads: from
  * bpf_get_current_task_btf() (5.11) to the fd table, then sock_of_fd_btf (fds.bpf.h).
- * User space loads these or tp_exit_accept{,4} (probes.py chooses from the kernel's BTF
+ * User space loads this or tp_exit_accept4 (probes.py chooses from the kernel's BTF
  * and helpers), never both. */
 
 static __always_inline int on_accept_exit_btf(struct syscall_exit_ctx *ctx)
@@ -196,14 +188,8 @@ static __always_inline int on_accept_exit_btf(struct syscall_exit_ctx *ctx)
 			    PROBE_TRACEPOINT, true);
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept4")
+SEC("tracepoint/syscalls/sys_exit_accept4") /* and sys_exit_accept, as tp_exit_accept4 */
 int tp_exit_accept4_btf(struct syscall_exit_ctx *ctx)
-{
-	return on_accept_exit_btf(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int tp_exit_accept_btf(struct syscall_exit_ctx *ctx)
 {
 	return on_accept_exit_btf(ctx);
 }
