@@ -89,6 +89,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__free": (None, [_c.c_void_p]),
     "bpf_program__attach_iter": (_c.c_void_p, [_c.c_void_p, _c.c_void_p]),
     "bpf_iter_create": (_c.c_int, [_c.c_int]),
+    "bpf_prog_load": (_c.c_int, [_c.c_int, _c.c_char_p, _c.c_char_p, _c.c_void_p, _c.c_size_t,
+                                 _c.c_void_p]),
 }
 
 

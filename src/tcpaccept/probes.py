@@ -11,7 +11,8 @@ The methods, best first:
               non-root user with CAP_BPF + CAP_PERFMON only) the same programs run at
               the raw sys_exit tracepoint instead ("at sys_exit": every syscall pays
               the check for accept, bpf/sys_exit.bpf.h).
-Cheap prerequisites are checked here; the real test is loading and attaching (tracer.py).
+Cheap prerequisites are checked here (fexit: a two-instruction load, fexit_probe.py);
+the real test is loading and attaching (tracer.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Optional
 
 from . import iouring, libbpf
 from .btf import kernel_btf_has_name, kernel_btf_has_struct
+from .fexit_probe import fexit_refused
 from .preflight import BTF_PATH, SYS_EXIT_ACCEPT4, ensure_tracefs, tracefs_ids_unreadable
 
 METHODS = ("fexit", "kprobe", "tracepoint")
@@ -90,7 +92,7 @@ def unusable_reason(method: str) -> Optional[str]:
     if method == "fexit":
         if not os.path.exists(BTF_PATH):
             return "no kernel BTF"
-        return None
+        return fexit_refused()
     if method == "kprobe":
         # kallsyms listing inet_csk_accept proves nothing: it does with kprobes compiled out.
         if not os.path.isdir(KPROBE_PMU):
