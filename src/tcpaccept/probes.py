@@ -57,8 +57,11 @@ TWIN_TRACEPOINTS = {
     "tp_exit_accept4_btf": ("syscalls", "sys_exit_accept"),
     "tp_enter_accept4": ("syscalls", "sys_enter_accept"),
 }
-# Stamps when children become ESTABLISHED, for the accept-queue latency; every method.
-LATENCY_PROGRAMS = ("stamp_established",)
+# Stamps when children join the accept queue, for the accept-queue latency: at fexit of
+# inet_csk_reqsk_queue_add (one run per child) where fexit works, else at every TCP state
+# change (inet_sock_set_state, kept when SYN_RECV -> ESTABLISHED).
+LATENCY_PROGRAMS = {"fexit": ("stamp_queued",), "kprobe": ("stamp_established",),
+                    "tracepoint": ("stamp_established",)}
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def syscall_tracepoints_unattachable() -> Optional[str]:
 
 
 def plan_for(method: str, queue_latency: bool = True, io_uring: bool = True) -> Plan:
-    common = LATENCY_PROGRAMS if queue_latency else ()
+    common = LATENCY_PROGRAMS[method] if queue_latency else ()
     if method == "fexit":
         new_signature = kernel_btf_has_struct("proto_accept_arg")  # 6.10+
         return Plan(method, (PROGRAMS[method] if new_signature else FEXIT_PRE_6_10) + common)

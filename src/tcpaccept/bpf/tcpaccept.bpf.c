@@ -9,8 +9,8 @@
  *                                                the task's fd table),
  *              or tp_btf/sys_exit without tracefs (sys_exit.bpf.h), and io_uring's
  *              completions (iouring.bpf.h)
- * plus tp_btf/inet_sock_set_state, which stamps when a child becomes ESTABLISHED so the
- * accept can report how long it waited in the accept queue.
+ * plus a stamp of when each child joined the accept queue (fexit/inet_csk_reqsk_queue_add
+ * with fexit, else tp_btf/inet_sock_set_state), so the accept can report how long it waited.
  *
  * The headers form a tree; each includes what it uses:
  *   tcpaccept.h      the record (struct accept_event), shared with user space through BTF
@@ -194,7 +194,27 @@ int tp_exit_accept4_btf(struct syscall_exit_ctx *ctx)
 	return on_accept_exit_btf(ctx);
 }
 
-/* ---- accept-queue latency ---- */
+/* ---- accept-queue latency ----
+ * When a child joins its listener's accept queue, stamped per child socket in
+ * established_at; the accept looks the stamp up (build_accept). */
+
+/* fexit kernels: one run per passive child, when inet_csk_reqsk_queue_add (every passive
+ * open, TCP Fast Open included) puts it on the queue: inet_sock_set_state below runs on
+ * every state change of every TCP socket, five or more times per connection at each end. */
+SEC("fexit/inet_csk_reqsk_queue_add")
+int BPF_PROG(stamp_queued, struct sock *listener, void *req, struct sock *child,
+	     struct sock *queued)
+{
+	if (!queued)
+		return 0;
+	__u64 key = (__u64)queued;
+	__u64 now = bpf_ktime_get_ns();
+
+	bpf_map_update_elem(&established_at, &key, &now, BPF_ANY);
+	return 0;
+}
+
+/* Elsewhere (kprobe, tracepoint): the child's SYN_RECV -> ESTABLISHED change. */
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(stamp_established, struct sock *sk, int oldstate, int newstate)
