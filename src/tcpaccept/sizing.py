@@ -1,16 +1,16 @@
 """Sizes that must grow with the number of CPUs (big hosts), as pure arithmetic.
 
 tracer.py applies them before load: the reader's wakeup batch (.rodata) and the capacity
-of the queue-latency LRU map (established_at).
+of the queue-latency stamp table (queue_stamps).
 """
 
 from __future__ import annotations
 
 MAX_WAKEUP_BATCH = 1024
-# The queue-latency stamps (child sock -> ESTABLISHED time): 16k as compiled, more per CPU.
-ESTABLISHED_MIN_ENTRIES = 16384
-ESTABLISHED_PER_CPU = 512
-ESTABLISHED_MAX_ENTRIES = 1 << 18  # ~20 MB of preallocated LRU elements
+# The queue-latency stamp table's sets: 16k as compiled, more past 128 CPUs, at most 4 MB.
+STAMP_MIN_SETS = 16384
+STAMP_SETS_PER_CPU = 128
+STAMP_MAX_SETS = 1 << 16
 
 
 def wakeup_batch(ring_slots: int, cpus: int) -> int:
@@ -26,15 +26,10 @@ def wakeup_batch(ring_slots: int, cpus: int) -> int:
     return max(1, min(MAX_WAKEUP_BATCH, ring_slots // (8 * max(1, cpus))))
 
 
-def established_entries(cpus: int) -> int:
-    """Capacity of established_at, a common (not per-CPU) LRU hash.
+def stamp_sets(cpus: int) -> int:
+    """Sets of the queue-latency stamp table (queue_stamps.bpf.h: 4 stamps each, 64 bytes).
 
-    Common, not BPF_F_NO_COMMON_LRU: a stamp is written on the CPU that completes the
-    handshake (the NIC queue's, or on loopback the client's) and removed on the CPU that
-    accepts; with per-CPU LRU lists each CPU may only evict within its own 1/N share, so
-    skewed RSS (one busy queue) would get a fraction of the map. The common LRU's cost on
-    big hosts is that each CPU keeps up to 128 free elements of its own (LOCAL_FREE_TARGET):
-    16k entries are all parked on 128 CPUs, and live stamps are evicted from a nearly empty
-    map. 512 per CPU leaves room beyond those reserves; bounded for memory."""
-    wanted = max(ESTABLISHED_MIN_ENTRIES, ESTABLISHED_PER_CPU * max(1, cpus))
-    return min(ESTABLISHED_MAX_ENTRIES, wanted)
+    A stamp is lost only when a set holds 4 newer children still waiting in accept queues,
+    so the table is sized for the children that can wait at once: 16384 sets (65,536
+    stamps, 1 MB) from the start, more on big hosts, which run more listeners."""
+    return min(STAMP_MAX_SETS, max(STAMP_MIN_SETS, STAMP_SETS_PER_CPU * max(1, cpus)))

@@ -46,11 +46,14 @@ SIZES_PROBE = textwrap.dedent("""
     rodata = tracer.bpf_map(".rodata")
     btf = Btf.of_object(tracer._object)  # offsets are final in the opened object
     offset, size = btf.datasec_vars(".rodata")["wakeup_batch"]
+    sets_offset, sets_size = btf.datasec_vars(".rodata")["stamp_sets"]
     section = rodata.lookup(struct.pack("<I", 0), 1 << 16)  # more than the section
-    with open(f"/proc/self/fdinfo/{tracer.bpf_map('established_at').fd}") as fdinfo:
+    with open(f"/proc/self/fdinfo/{tracer.bpf_map('queue_stamps').fd}") as fdinfo:
         info = dict(line.split(":", 1) for line in fdinfo if ":" in line)
     print(json.dumps({"wakeup_batch": int.from_bytes(section[offset:offset + size], "little"),
-                      "established_entries": int(info["max_entries"]),
+                      "stamp_sets": int(info["max_entries"]),
+                      "stamp_sets_rodata": int.from_bytes(
+                          section[sets_offset:sets_offset + sets_size], "little"),
                       "slots": tracer.config.ring_buffer_bytes // tracer.layout.ring_slot_bytes}))
     tracer.close()
 """)
@@ -76,9 +79,11 @@ def test_the_loaded_program_is_sized_for_the_possible_cpus(possible: str, cpus: 
     assert sizes["wakeup_batch"] == sizing.wakeup_batch(sizes["slots"], cpus)
     # All CPUs one event short of a wakeup fill at most an eighth of the ring.
     assert cpus * (sizes["wakeup_batch"] - 1) <= sizes["slots"] // 8
-    assert sizes["established_entries"] == sizing.established_entries(cpus)
-    if cpus >= 64:
-        assert sizes["established_entries"] > 16384  # grown past the compiled size
+    # The stamp table and the program's modulus agree, grown past the compiled 16384 sets
+    # beyond 128 CPUs.
+    assert sizes["stamp_sets"] == sizes["stamp_sets_rodata"] == sizing.stamp_sets(cpus)
+    if cpus >= 256:
+        assert sizes["stamp_sets"] > 16384
 
 
 # -- kretprobe maxactive --

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tcpaccept import sizing
+from tcpaccept.tracer import _possible_cpus
 from tests.support.servers import connect, start_server
 from tests.support.tracer import TracerRun, start_tracer
 
@@ -87,34 +89,28 @@ def test_summary_counts_per_listener_and_top_remotes_exactly() -> None:
         c.close()
 
 
-def _latency_map_of(run: TracerRun) -> int:
-    """The established_at map of this test's own tracer: among the maps its process holds
-    (other tracers on this machine have one each)."""
-    ids = []
+def _stamp_table_of(run: TracerRun) -> dict:
+    """bpftool's view of the queue_stamps map of this test's own tracer: among the maps its
+    process holds (other tracers on this machine have one each)."""
+    found = []
     for map_id in run.bpf_ids("map"):
         info = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
                                          capture_output=True, text=True, check=True).stdout)
-        if info.get("name") == "established_at":
-            ids.append(map_id)
-    (ours,) = ids
+        if info.get("name") == "queue_stamps":
+            found.append(info)
+    (ours,) = found
     return ours
 
 
-def _map_entries(map_id: int) -> tuple[int, int]:
-    info = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
-                                     capture_output=True, text=True, check=True).stdout)
-    dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)],
-                                     capture_output=True, text=True, check=True).stdout)
-    return len(dump), info["max_entries"]
-
-
-@pytest.mark.method_agnostic  # the maps' bounds: the same whatever delivers the accepts
-def test_never_accepted_connections_leave_the_latency_map_bounded() -> None:
+@pytest.mark.method_agnostic  # the stamp table's bounds: the same whatever delivers accepts
+def test_never_accepted_children_neither_grow_the_stamps_nor_crowd_out_new_ones() -> None:
+    """100,000 children that are never accepted (4,000 at a time, then their listener
+    closes) leave the table at its fixed size, and the accepts that follow are all still
+    stamped: the stale stamps are recycled, not kept."""
     total = 0
     with start_tracer() as run:
-        ours = _latency_map_of(run)
+        table = _stamp_table_of(run)
         while total < 100_000:
-            # A listener that never accepts: 4000 children queue up, then it closes.
             listener = socket.socket()
             listener.bind(("127.0.0.1", 0))
             listener.listen(4096)
@@ -125,9 +121,17 @@ def test_never_accepted_connections_leave_the_latency_map_bounded() -> None:
                 c.close()
             total += 4000
             listener.close()
-        entries, max_entries = _map_entries(ours)
-    assert max_entries == 16384
-    # Stamps really were taken, yet the map stays bounded: the LRU evicted the rest.
-    # (The kernel's LRU evicts from per-CPU lists well before it is full.)
-    assert 1000 <= entries <= max_entries, entries
+        with start_server(backlog=512) as server:
+            clients = [connect("127.0.0.1", server.port) for _ in range(300)]
+            server.accept(300)
+            server_pid = server.pid
+        after = _stamp_table_of(run)
+    assert (after["max_entries"], after["bytes_memlock"]) == \
+        (table["max_entries"], table["bytes_memlock"])
+    assert table["max_entries"] == sizing.stamp_sets(_possible_cpus())
+    events = run.events([server_pid])
+    assert len(events) == 300
+    assert [e for e in events if e["queue_latency_us"] is None] == []
     assert run.events([os.getpid()]) == []
+    for c in clients:
+        c.close()

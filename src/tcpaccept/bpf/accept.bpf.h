@@ -9,6 +9,7 @@
 #include "accepter.bpf.h"
 #include "aggregate.bpf.h"
 #include "kread.bpf.h"
+#include "queue_stamps.bpf.h"
 #include <bpf/bpf_endian.h>
 
 static __always_inline bool is_v4_mapped(const __u8 *a)
@@ -193,18 +194,12 @@ static __always_inline int build_accept(struct sock *child, struct sock *listene
 	__u64 now = bpf_ktime_get_ns(), latency_ns = 0;
 	bool latency_measured = false;
 
-	if (queue_latency) {
-		__u64 child_key = (__u64)child;
-		__u64 *established = bpf_map_lookup_elem(&established_at, &child_key);
+	__u64 queued_ns;
 
-		/* A consumed stamp is zeroed, not deleted: a delete takes the LRU's locks (~100 ns
-		 * per accept); the entry ages out of the LRU like a never-accepted child's. */
-		if (established && *established) {
-			latency_measured = true;
-			if (now > *established)
-				latency_ns = now - *established;
-			*established = 0;
-		}
+	if (queue_latency && take_queue_stamp(child_stamp_id(child, direct), &queued_ns)) {
+		latency_measured = true;
+		if (now > queued_ns)
+			latency_ns = now - queued_ns;
 	}
 	struct accept_facts facts = {
 		.child = child, .listener = listener, .task = task, .id = id, .now = now,

@@ -51,6 +51,8 @@ struct in6_addr {
 };
 
 struct sock_common {
+	/* In an anonymous union with skc_u16hashes in the kernel: CO-RE finds it there. */
+	unsigned int skc_hash;
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;

@@ -72,14 +72,6 @@ struct {
 	__type(value, __u32);
 } events_since_wakeup SEC(".maps");
 
-/* child sock -> ktime when it became ESTABLISHED. LRU: children never accepted age out. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, __u64);
-} established_at SEC(".maps");
-
 /* tid -> listening sock, between kprobe and kretprobe (kprobe method only). LRU: a call
  * whose kretprobe the kernel skipped (maxactive exhausted) leaves its entry behind, and
  * with threads coming and going a plain hash would fill up and refuse every new thread. */

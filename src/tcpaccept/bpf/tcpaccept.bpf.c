@@ -21,6 +21,7 @@
  *   accepter.bpf.h   who accepted (ids, comm, cgroup) and the task filters;
  *                    struct accept_facts
  *   aggregate.bpf.h  the in-kernel count: aggregate_accept(facts)
+ *   queue_stamps.bpf.h  when each child was queued, for the accept-queue latency
  *   accept.bpf.h     build_accept: socket filters -> facts -> aggregate / submit_record
  *   fds.bpf.h        fd -> sock
  *   iouring.bpf.h    io_uring accept programs
@@ -196,7 +197,7 @@ int tp_exit_accept4_btf(struct syscall_exit_ctx *ctx)
 
 /* ---- accept-queue latency ----
  * When a child joins its listener's accept queue, stamped per child socket in
- * established_at; the accept looks the stamp up (build_accept). */
+ * queue_stamps (queue_stamps.bpf.h); the accept takes the stamp (build_accept). */
 
 /* fexit kernels: one run per passive child, when inet_csk_reqsk_queue_add (every passive
  * open, TCP Fast Open included) puts it on the queue: inet_sock_set_state below runs on
@@ -205,12 +206,8 @@ SEC("fexit/inet_csk_reqsk_queue_add")
 int BPF_PROG(stamp_queued, struct sock *listener, void *req, struct sock *child,
 	     struct sock *queued)
 {
-	if (!queued)
-		return 0;
-	__u64 key = (__u64)queued;
-	__u64 now = bpf_ktime_get_ns();
-
-	bpf_map_update_elem(&established_at, &key, &now, BPF_ANY);
+	if (queued)
+		stamp_queued_child(child_stamp_id(queued, true), bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -220,11 +217,7 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(stamp_established, struct sock *sk, int oldstate, int newstate)
 {
 	/* A passive open's child goes SYN_RECV -> ESTABLISHED as it enters the accept queue. */
-	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
-		return 0;
-	__u64 key = (__u64)sk;
-	__u64 now = bpf_ktime_get_ns();
-
-	bpf_map_update_elem(&established_at, &key, &now, BPF_ANY);
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+		stamp_queued_child(child_stamp_id(sk, true), bpf_ktime_get_ns());
 	return 0;
 }
