@@ -3,6 +3,7 @@ also on failure), or a container's, entered through its process."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -91,6 +92,20 @@ class NetNamespace:
         if not ok:
             raise value
         return value
+
+
+@contextlib.contextmanager
+def entered(namespace: NetNamespace) -> Iterator[NetNamespace]:
+    """The calling thread inside namespace until the block ends, then back where it was.
+    On pytest's main thread, /proc/net/* and the processes it starts follow it."""
+    with open("/proc/thread-self/ns/net") as home, open(namespace.path) as there:
+        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {namespace.name}")
+        try:
+            yield namespace
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
 
 
 def create(prefix: str = "tcpa-drops") -> Iterator[NetNamespace]:
