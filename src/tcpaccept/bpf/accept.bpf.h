@@ -100,7 +100,7 @@ static __always_inline void submit_record(const struct accept_facts *facts, cons
 static __always_inline int build_accept(struct sock *child, struct sock *listener, __s32 fd,
 					__s32 listen_fd, __u8 probe, const bool direct)
 {
-	struct task_struct *task = direct ? bpf_get_current_task_btf() : NULL;
+	struct task_struct *task = direct ? current_task_untrusted() : NULL;
 	__u64 id = direct ? (__u64)task->tgid << 32 | (__u32)task->pid
 			  : bpf_get_current_pid_tgid();
 	__u16 family, protocol;

@@ -18,4 +18,16 @@
  * the object still loads on older kernels, where user space loads no program that calls it. */
 extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
 
+/* The current task for direct loads, as an untrusted pointer (6.2+). Every pointer loaded
+ * from a trusted one makes the verifier look its type up by name up to four times
+ * (btf_nested_type_is_trusted: "task_struct__safe_trusted" and the like, a linear search
+ * through the kernel's BTF), on every path it explores: most of the program's load time.
+ * Loads through an untrusted pointer are the same instructions at run time, with no such
+ * search. (bpf_task_pt_regs needs the trusted pointer itself.) */
+static __always_inline struct task_struct *current_task_untrusted(void)
+{
+	return bpf_rdonly_cast(bpf_get_current_task_btf(),
+			       bpf_core_type_id_kernel(struct task_struct));
+}
+
 #endif

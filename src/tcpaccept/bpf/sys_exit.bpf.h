@@ -51,7 +51,7 @@ int BPF_PROG(sys_exit_accept_btf, struct pt_regs *regs, long ret)
 {
 	if (ret < 0 || !is_accept_syscall(regs))
 		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task_untrusted();
 
 	if (!task_wanted(task->tgid))
 		return 0;
