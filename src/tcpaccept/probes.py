@@ -58,7 +58,7 @@ TWIN_TRACEPOINTS = {
     "tp_enter_accept4": ("syscalls", "sys_enter_accept"),
 }
 # Stamps when children join the accept queue, for the accept-queue latency: at fexit of
-# inet_csk_reqsk_queue_add (one run per child) where fexit works, else at every TCP state
+# inet_csk_complete_hashdance (one run per child) where fexit works, else at every TCP state
 # change (inet_sock_set_state, kept when SYN_RECV -> ESTABLISHED).
 LATENCY_PROGRAMS = {"fexit": ("stamp_queued",), "kprobe": ("stamp_established",),
                     "tracepoint": ("stamp_established",)}

@@ -9,7 +9,7 @@
  *                                                the task's fd table),
  *              or tp_btf/sys_exit without tracefs (sys_exit.bpf.h), and io_uring's
  *              completions (iouring.bpf.h)
- * plus a stamp of when each child joined the accept queue (fexit/inet_csk_reqsk_queue_add
+ * plus a stamp of when each child joined the accept queue (fexit/inet_csk_complete_hashdance
  * with fexit, else tp_btf/inet_sock_set_state), so the accept can report how long it waited.
  *
  * The headers form a tree; each includes what it uses:
@@ -199,11 +199,15 @@ int tp_exit_accept4_btf(struct syscall_exit_ctx *ctx)
  * When a child joins its listener's accept queue, stamped per child socket in
  * queue_stamps (queue_stamps.bpf.h); the accept takes the stamp (build_accept). */
 
-/* fexit kernels: one run per passive child, when inet_csk_reqsk_queue_add (every passive
- * open, TCP Fast Open included) puts it on the queue: inet_sock_set_state below runs on
- * every state change of every TCP socket, five or more times per connection at each end. */
-SEC("fexit/inet_csk_reqsk_queue_add")
-int BPF_PROG(stamp_queued, struct sock *listener, void *req, struct sock *child,
+/* fexit kernels: one run per passive child, when inet_csk_complete_hashdance puts it on
+ * its listener's queue (it returns the child, or NULL if the listener was closed), instead
+ * of a run on every state change of every TCP socket (inet_sock_set_state below: five or
+ * more per connection at each end). Not inet_csk_reqsk_queue_add, which does the queueing:
+ * the same file calls it, and where the compiler inlined that call (6.1) its fexit never
+ * ran. TCP Fast Open children, queued without the hashdance, get no stamp (their accept
+ * reports no latency, as at ESTABLISHED, which they may reach only after it). */
+SEC("fexit/inet_csk_complete_hashdance")
+int BPF_PROG(stamp_queued, struct sock *listener, struct sock *child, void *req, bool own_req,
 	     struct sock *queued)
 {
 	if (queued)
