@@ -14,6 +14,8 @@ from bench.variants import Variant
 # these ratios to untraced, and never below the bpftrace peer.
 BELOW_FLOOR = {"summary": 0.01, "metrics": 0.01, "text": 0.03, "json": 0.05}
 ISSUE5_RATIO = {"text": 0.97, "json": 0.95}
+# Issue 22: the tracer's CPU per event.
+PER_EVENT_US = {"text": 2.0, "json": 3.0}
 
 
 def _spread(values: list[float]) -> str:
@@ -99,6 +101,11 @@ def cpu_rows(results: list[RunResult], variants: list[Variant]) -> list[Row]:
                                         for r in runs)
             value += (f"; tracer {cores:.2f} cores = {per_event:.1f} us/event, "
                       f"{wakeups:.2f} wakeups/event")
+            if v.is_tool and v.kind in PER_EVENT_US:
+                rows.append(Row(f"CPU: {v.label} (medians)", value,
+                                f"<= {PER_EVENT_US[v.kind]:.0f} us/event",
+                                verdict(per_event <= PER_EVENT_US[v.kind])))
+                continue
         rows.append(Row(f"CPU: {v.label} (medians)", value))
     return rows
 
