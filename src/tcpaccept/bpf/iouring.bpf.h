@@ -216,6 +216,14 @@ static __always_inline void remember_request(struct io_kiocb *req, struct uring_
 		bpf_map_update_elem(&uring_accepts, key, &request, BPF_EXIST);
 }
 
+/* The key a request's CQEs are found by: its ring and user_data. */
+static __always_inline void request_key(struct io_kiocb *req, struct uring_request *key)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->ring = (__u64)req->ctx;
+	key->user_data = req->cqe.user_data;
+}
+
 SEC("tp_btf/io_uring_submit_req")
 int BPF_PROG(iouring_submit_req, struct io_kiocb *req)
 {
@@ -223,9 +231,7 @@ int BPF_PROG(iouring_submit_req, struct io_kiocb *req)
 
 	if (req->opcode != IORING_OP_ACCEPT)
 		return 0;
-	__builtin_memset(&key, 0, sizeof(key));
-	key.ring = (__u64)req->ctx;
-	key.user_data = req->cqe.user_data;
+	request_key(req, &key);
 	remember_request(req, &key);
 	return 0;
 }
@@ -242,9 +248,7 @@ int BPF_PROG(iouring_task_add, struct io_kiocb *req, int mask)
 
 	if (req->opcode != IORING_OP_ACCEPT)
 		return 0;
-	__builtin_memset(&key, 0, sizeof(key));
-	key.ring = (__u64)req->ctx;
-	key.user_data = req->cqe.user_data;
+	request_key(req, &key);
 
 	__u64 *saved = bpf_map_lookup_elem(&uring_accepts, &key);
 
