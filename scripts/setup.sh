@@ -16,8 +16,10 @@ if ((want_test)); then
   packages+=(podman runc busybox-static uidmap docker.io containerd prometheus liburing-dev
              debootstrap man-db catatonit)  # catatonit: podman kube play's pause process
   # arm64 (issue 23): the image's linux/arm64 half and the arm64 base under qemu-user, the
-  # arm64 guests (qemu-system-aarch64), their io_uring server cross-compiled.
-  packages+=(qemu-user-static binfmt-support qemu-system-arm gcc-aarch64-linux-gnu)
+  # arm64 guests (qemu-system-aarch64), their io_uring server cross-compiled (the cross C
+  # library's headers are only a Recommends of the cross compiler: named here).
+  packages+=(qemu-user-static binfmt-support qemu-system-arm gcc-aarch64-linux-gnu
+             libc6-dev-arm64-cross)
 fi
 missing=()
 for p in "${packages[@]}"; do
