@@ -1,7 +1,8 @@
 """Issue 11 item 2: a connection the client resets while it waits in the accept queue is
 still accept()ed (the server gets an fd), and the kernel clears the child socket's own
 local port when it closes it. tcpaccept takes LPORT from the listener, so such accepts show
-the right LPORT, RADDR and RPORT, and -P (a kernel-side filter on LPORT) keeps them."""
+the right LPORT, RADDR and RPORT and their time in the queue, and -P (a kernel-side filter
+on LPORT) keeps them."""
 
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ def test_accepts_of_reset_connections_show_the_listeners_port(
             assert e["lport"] == hello["port"]
             assert e["laddr"] == host
             assert e["comm"] == COMM
+            # Its wait in the queue, though the reset cleared the child's own port: the
+            # stamp is found by what the reset leaves (queue_stamps.bpf.h).
+            assert e["queue_latency_us"] is not None and e["queue_latency_us"] >= 150_000, e
         if port_filter:
             assert run.events() == events  # -P kept these and nothing else
     finally:

@@ -6,7 +6,8 @@
  * set of STAMP_WAYS slots (one cache line); a stamp takes a free slot, its own, or the set's
  * oldest. The identity is the connection's, not the socket's address (the verifier allows
  * no arithmetic on a socket pointer): the kernel's hash of the 4-tuple and network
- * namespace (skc_hash, set when the child is hashed, before it is queued) and both ports. Measured on the tracepoint method here, the LRU hash it replaces cost most of the
+ * namespace (skc_hash, set when the child is hashed, before it is queued) and the remote
+ * port. Measured on the tracepoint method here, the LRU hash it replaces cost most of the
  * latency's price: its update (every child is stamped, and with consumed stamps left to age
  * out each insert evicted) and its lookup at accept each cost several hundred ns; here
  * both are an inlined array index and a few loads and stores. A child that stays queued
@@ -47,14 +48,14 @@ struct {
 
 #define compiler_barrier() asm volatile("" ::: "memory")
 
-/* The connection's identity: skc_hash (already a hash: it picks the set) and both ports. */
+/* The connection's identity: skc_hash (already a hash: it picks the set) and the remote
+ * port. Not the local port: a child reset while queued has its own cleared by then. */
 static __always_inline __u64 child_stamp_id(struct sock *sk, const bool direct)
 {
 	__u32 hash = KREAD(direct, sk, __sk_common.skc_hash);
 	__u16 dport = KREAD(direct, sk, __sk_common.skc_dport);
-	__u16 num = KREAD(direct, sk, __sk_common.skc_num);
 
-	return (__u64)hash << 32 | (__u32)dport << 16 | num;
+	return (__u64)hash << 32 | dport;
 }
 
 static __always_inline struct stamp_set *stamp_set_of(__u64 id)
