@@ -100,6 +100,14 @@ def connect_and_accept(server: socket.socket) -> int:
     return port
 
 
+def sighup_at_default() -> None:
+    """In the child, before exec: SIGHUP at its default action, as a terminal's shell
+    starts a command. The suite itself may run under nohup (SIGHUP ignored, and inherited),
+    and tcpaccept keeps an inherited SIG_IGN on purpose (test_nohup_keeps_sighup_ignored):
+    a SIGHUP test must not depend on how pytest was started."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -236,7 +244,8 @@ def test_sighup_drains_flushes_and_counts_like_sigterm() -> None:
     with listener() as server, tempfile.TemporaryFile() as out:
         port = server.getsockname()[1]
         proc = subprocess.Popen(tcpaccept_command("-j", "-P", str(port)), stdout=out,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=sighup_at_default)
         run = StderrRun(proc)
         try:
             assert wait_for(lambda: BANNER in run.stderr or proc.poll() is not None, 30)
