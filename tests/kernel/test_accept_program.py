@@ -120,8 +120,8 @@ def test_a_refused_btf_walk_falls_back_to_probe_reads(
     if expected_program() != "btf-walk":
         pytest.fail("this kernel does not offer the BTF walk: nothing to fall back from")
     refused = build_variant(tmp_path, {"tcpaccept.bpf.c": replace(
-        "\tstruct task_struct *task = current_task_untrusted();\n\t__s32 fd = (__s32)ctx->ret;\n",
-        "\tstruct task_struct *task = current_task_untrusted();\n\t__s32 fd = (__s32)ctx->ret;\n"
+        "\tstruct task_struct *task = untrusted_task(current);\n\t__s32 fd = (__s32)ctx->ret;\n",
+        "\tstruct task_struct *task = untrusted_task(current);\n\t__s32 fd = (__s32)ctx->ret;\n"
         "\n\tif (fd == 123456789) /* a load through a plain number: never verifiable */\n"
         "\t\treturn *(int *)(long)ctx->ret;\n")})
     monkeypatch.setenv(OBJECT_ENV, str(refused))

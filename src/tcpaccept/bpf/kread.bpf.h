@@ -24,10 +24,14 @@ extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __wea
  * through the kernel's BTF), on every path it explores: most of the program's load time.
  * Loads through an untrusted pointer are the same instructions at run time, with no such
  * search. (bpf_task_pt_regs needs the trusted pointer itself.) */
+static __always_inline struct task_struct *untrusted_task(struct task_struct *trusted)
+{
+	return bpf_rdonly_cast(trusted, bpf_core_type_id_kernel(struct task_struct));
+}
+
 static __always_inline struct task_struct *current_task_untrusted(void)
 {
-	return bpf_rdonly_cast(bpf_get_current_task_btf(),
-			       bpf_core_type_id_kernel(struct task_struct));
+	return untrusted_task(bpf_get_current_task_btf());
 }
 
 #endif

@@ -27,7 +27,7 @@ const volatile bool filter_family = false;
 const volatile __u32 target_family = 0;      /* 4 or 6; IPv4-mapped IPv6 counts as 4 */
 /* Modes, not filters. */
 const volatile bool saved_regs = false;      /* listening fd from the saved user registers */
-const volatile bool queue_latency = false;   /* stamp_established runs: look stamps up */
+const volatile bool queue_latency = false;   /* a stamp program runs: look stamps up */
 const volatile __u32 wakeup_batch = 1;       /* wake the reader after this many per CPU */
 const volatile bool aggregate = false;       /* count in the maps of aggregate.bpf.h */
 const volatile bool emit_records = true;     /* a ring-buffer record per accept (lines) */

@@ -174,13 +174,14 @@ int tp_exit_accept4(struct syscall_exit_ctx *ctx)
 
 static __always_inline int on_accept_exit_btf(struct syscall_exit_ctx *ctx)
 {
-	struct task_struct *task = current_task_untrusted();
+	struct task_struct *current = bpf_get_current_task_btf();
+	struct task_struct *task = untrusted_task(current);
 	__s32 fd = (__s32)ctx->ret;
 
 	if (ctx->ret < 0 || !task_wanted(task->tgid))
 		return 0;
 	/* bpf_task_pt_regs (5.15): the syscall's first argument is the listening fd. */
-	struct pt_regs *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *regs = (void *)bpf_task_pt_regs(current);
 	__s32 listen_fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
 	struct fdtable *fdt = task->files->fdt;
 
