@@ -300,6 +300,7 @@ def test_ipv6_excludes_mapped_client_of_dual_stack_listener(traffic: Traffic) ->
     assert [e["raddr"] for e in ours if e["pid"] == traffic.pid("dual")] == ["::1"]
 
 
+@pytest.mark.method_agnostic  # user space's work on the records
 def test_no_unmap_shows_the_raw_mapped_address(traffic: Traffic) -> None:
     conns, events = traced(traffic, "--no-unmap", "-p", str(traffic.pid("dual")))
     ours = assert_exactly(traffic, conns, events, lambda c: c.server == "dual")
@@ -311,6 +312,7 @@ def test_no_unmap_shows_the_raw_mapped_address(traffic: Traffic) -> None:
     assert {e["laddr"] for e in ours} == {"::1", "::ffff:127.0.0.1"}
 
 
+@pytest.mark.method_agnostic  # user space's work on the records
 def test_no_unmap_with_ipv4_still_counts_mapped_clients_as_ipv4(traffic: Traffic) -> None:
     conns, events = traced(traffic, "--no-unmap", "-4", "-p", str(traffic.pid("dual")))
     ours = assert_exactly(traffic, conns, events,
@@ -318,6 +320,7 @@ def test_no_unmap_with_ipv4_still_counts_mapped_clients_as_ipv4(traffic: Traffic
     assert sorted(e["raddr"] for e in ours) == ["::ffff:127.0.0.1", "::ffff:127.0.0.2"]
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_uid(traffic: Traffic) -> None:
     conns, events = traced(traffic, "-u", str(NOBODY))
     ours = assert_exactly(traffic, conns, events, lambda c: c.uid == NOBODY,
@@ -325,12 +328,14 @@ def test_uid(traffic: Traffic) -> None:
     assert {e["uid"] for e in ours} == {NOBODY}
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_uid_zero(traffic: Traffic) -> None:
     # 0 is a real filter value, not "no filter".
     conns, events = traced(traffic, "-u", "0")
     assert_exactly(traffic, conns, events, lambda c: c.uid == 0, lambda e: e["uid"] == 0)
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_comm_matches_whole_name_in_every_netns(traffic: Traffic) -> None:
     conns, events = traced(traffic, "-c", "fltsrv-a")
     assert_exactly(traffic, conns, events, lambda c: c.comm == "fltsrv-a",
@@ -338,13 +343,14 @@ def test_comm_matches_whole_name_in_every_netns(traffic: Traffic) -> None:
     assert {c.server for c in conns if c.comm == "fltsrv-a"} == {"a", "ns1"}
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_comm_of_the_full_fifteen_bytes(traffic: Traffic) -> None:
     conns, events = traced(traffic, "-c", "fltsrv-ns2-long")
     assert_exactly(traffic, conns, events, lambda c: c.server == "ns2",
                    lambda e: e["comm"] == "fltsrv-ns2-long")
 
 
-@pytest.mark.parametrize("which", ["name", "proc"])
+@pytest.mark.parametrize("which", ["name", pytest.param("proc", marks=pytest.mark.method_agnostic)])
 def test_netns(traffic: Traffic, which: str) -> None:
     inode = (os.stat(f"/run/netns/{NETNS[0]}").st_ino if which == "name"
              else os.stat(f"/proc/{traffic.pid('ns1')}/ns/net").st_ino)
@@ -353,11 +359,13 @@ def test_netns(traffic: Traffic, which: str) -> None:
     assert {e["netns"] for e in ours} == {inode}
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_cgroup_includes_descendants(traffic: Traffic) -> None:
     conns, events = traced(traffic, "--cgroup", traffic.cgroups["g1"])
     assert_exactly(traffic, conns, events, lambda c: c.server in ("a", "ab"), lambda e: False)
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_cgroup_child_only(traffic: Traffic) -> None:
     conns, events = traced(traffic, "--cgroup", traffic.cgroups["g1child"])
     assert_exactly(traffic, conns, events, lambda c: c.server == "ab", lambda e: False)
@@ -372,12 +380,15 @@ def test_remote_ipv4_and_ipv6_ranges(traffic: Traffic) -> None:
     assert {c.server for c in conns if c.raddr in wanted} == {"a", "dual", "ns1", "ns2"}
 
 
+# The remote trie's keys; test_remote_ipv4_and_ipv6_ranges reads them on each method.
+@pytest.mark.method_agnostic
 def test_remote_wide_ipv4_range_does_not_match_ipv6(traffic: Traffic) -> None:
     conns, events = traced(traffic, "-r", "0.0.0.0/0")
     assert_exactly(traffic, conns, events, lambda c: c.family == 4,
                    lambda e: e["family"] == 4)
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_cgroupmap_matches_exact_cgroup_ids(traffic: Traffic) -> None:
     # g1 and g2, not g1/child: bcc's map holds exact ids, no descendants.
     path = traffic.pin_hash("cgroupset", [traffic.cgroup_id("g1"), traffic.cgroup_id("g2")])
@@ -386,6 +397,7 @@ def test_cgroupmap_matches_exact_cgroup_ids(traffic: Traffic) -> None:
                    lambda e: False)
 
 
+@pytest.mark.method_agnostic  # task_wanted(): the same helper calls whatever the method
 def test_mntnsmap(traffic: Traffic) -> None:
     assert traffic.mntns("dual") != os.stat("/proc/self/ns/mnt").st_ino
     path = traffic.pin_hash("mount_ns_set", [traffic.mntns("dual")], value_size=4)
@@ -393,6 +405,7 @@ def test_mntnsmap(traffic: Traffic) -> None:
     assert_exactly(traffic, conns, events, lambda c: c.server == "dual", lambda e: False)
 
 
+@pytest.mark.method_agnostic  # a pinned map checked in user space, before any load
 @pytest.mark.parametrize("flag", ["--cgroupmap", "--mntnsmap"])
 @pytest.mark.parametrize("map_type,key_size", [("hash", 4), ("array", 4)])
 def test_pinned_map_of_the_wrong_layout_is_refused(traffic: Traffic, flag: str, map_type: str,
@@ -419,6 +432,7 @@ def test_filters_combine(traffic: Traffic) -> None:
 
 # -- stopping by itself, and the output columns --
 
+@pytest.mark.method_agnostic  # user space's work on the records
 def test_count_exits_after_exactly_that_many_rows(traffic: Traffic) -> None:
     run = start_tracer("-n", "3", "-p", str(traffic.pid("a")), json_mode=False)
     try:
@@ -434,6 +448,7 @@ def test_count_exits_after_exactly_that_many_rows(traffic: Traffic) -> None:
     assert all(row.split()[1] == str(traffic.pid("a")) for row in lines[2:])
 
 
+@pytest.mark.method_agnostic  # user space's work on the records
 def test_duration_exits_by_itself() -> None:
     run = start_tracer("-d", "1", json_mode=False)
     started = time.monotonic()  # the banner is out: tracing has begun
@@ -445,6 +460,7 @@ def test_duration_exits_by_itself() -> None:
     assert run.stdout.splitlines()[0] == BANNER
 
 
+@pytest.mark.method_agnostic  # user space's work on the records
 def test_relative_timestamps(traffic: Traffic) -> None:
     started = time.monotonic()
     run = start_tracer("-t", "-p", str(traffic.pid("a")), json_mode=False)
@@ -462,6 +478,7 @@ def test_relative_timestamps(traffic: Traffic) -> None:
     assert stamps == sorted(stamps, key=float)
 
 
+@pytest.mark.method_agnostic  # user space's work on the records
 def test_extended_columns(traffic: Traffic) -> None:
     pids = f"{traffic.pid('ab')},{traffic.pid('ns1')}"
     run = start_tracer("-x", "-p", pids, json_mode=False)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.child import free_port
@@ -43,6 +44,7 @@ def test_metrics_count_accepts_and_latency_per_listener() -> None:
         c.close()
 
 
+@pytest.mark.method_agnostic  # fails before any load
 def test_metrics_port_in_use_is_one_line_error() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -32,6 +32,8 @@ def test_queue_latency_grows_by_the_servers_sleep() -> None:
         c.close()
 
 
+# The column; each method's latency is test_queue_latency_grows_by_the_servers_sleep.
+@pytest.mark.method_agnostic
 def test_latency_column_in_text_mode() -> None:
     with start_server() as server, \
             start_tracer("-l", "-P", str(server.port), json_mode=False) as run:
