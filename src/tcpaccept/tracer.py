@@ -46,7 +46,6 @@ class Tracer:
         self._object: Optional[libbpf.BpfObject] = None
         self._links: list[libbpf.Link] = []
         self._ring: Optional[RingBuffer] = None
-        self._batch: list[bytes] = []
         self._open_fds: list[int] = []
         self._lost_map: Optional[libbpf.Map] = None
         self._ncpus = 1
@@ -153,7 +152,7 @@ class Tracer:
                 self._links.append(program.attach_tracepoint(*probes.TWIN_TRACEPOINTS[name]))
         self._lost_map = obj.map("lost_events")
         self._outside_map = obj.map("outside_pid_namespace")
-        self._ring = RingBuffer(obj.map("events"), self._on_sample)
+        self._ring = RingBuffer(obj.map("events"))
         ms = [round((t - started) * 1e3) for t in (opened, loaded, time.monotonic())]  # -v
         self.log(f"{plan.method}: opened, loaded ({len(plan.programs)} progs), attached: {ms} ms")
 
@@ -246,19 +245,13 @@ class Tracer:
 
     # -- events --
 
-    def _on_sample(self, data: int, size: int) -> None:
-        # ctypes.string_at's copy at about half its cost (no foreign call; ctypes caches
-        self._batch.append((ctypes.c_char * size).from_address(data).raw)  # array types)
-
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Raw records that arrived within timeout_ms (an empty list on timeout/signal)."""
         if self._ring is None:
             raise TcpacceptError("tracer is not started")
-        self._batch = []
-        self._ring.poll(timeout_ms)
+        self._ring.wait(timeout_ms)
         # The kernel side wakes us only for full batches: take what came without a wakeup.
-        self._ring.consume()
-        return self._batch
+        return self._ring.consume()
 
     def decoder(self, unmap_ipv4: bool = True, boot_to_wall_ns: Optional[int] = None,
                 container_of: Optional[Callable[[int, int], Optional[Container]]] = None,
