@@ -29,12 +29,11 @@ def layout() -> RecordLayout:
 
 def test_records_decode_by_name_from_the_objects_btf(layout: RecordLayout) -> None:
     v6 = socket.inet_pton(socket.AF_INET6, "fd00::1")
-    raw = (layout.encode(sock_inode=1 << 40, netns=4026532000, pid=42, backlog=3,
-                         backlog_max=4, syn_queue=5, drops=6, family=socket.AF_INET,
-                         lport=443, laddr=socket.inet_aton("10.1.2.3") + bytes(12),
-                         comm=b"nginx")
-           + layout.encode(sock_inode=9, family=socket.AF_INET6, lport=80, laddr=v6,
-                           comm=b"x" * 16)
+    encode = layout.struct_layout.encode  # a raw record as the kernel writes it
+    raw = (encode(sock_inode=1 << 40, netns=4026532000, pid=42, backlog=3, backlog_max=4,
+                  syn_queue=5, drops=6, family=socket.AF_INET, lport=443,
+                  laddr=socket.inet_aton("10.1.2.3") + bytes(12), comm=b"nginx")
+           + encode(sock_inode=9, family=socket.AF_INET6, lport=80, laddr=v6, comm=b"x" * 16)
            + b"\x01\x02")  # a torn tail is not a record
     first, second = layout.decode_all(raw)
     assert first == ListenerRecord(1 << 40, 4026532000, 42, 3, 4, 5, 6, socket.AF_INET, 443,

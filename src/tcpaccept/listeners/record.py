@@ -91,10 +91,6 @@ class RecordLayout:
         self._seen = fresh
         return records
 
-    def encode(self, **values: object) -> bytes:
-        """A raw record as the kernel writes it (unit tests)."""
-        return self.struct_layout.encode(**values)
-
     def _record(self, chunk: bytes) -> ListenerRecord:
         unpacked = self.struct_layout.struct.unpack(chunk)
         values = [unpacked[i] for i in self._order]  # ListenerRecord's field order
