@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 from guest import ARM64_KERNELS, GuestError, GuestResult, run_in_guest, run_script
+from guest_suites import PARALLEL_GUESTS, Outcome, assert_suite_passed, run_cells, table
 
 # What each arm64 kernel offers: fexit needs ftrace direct calls, on arm64 since 6.4.
 USABLE_METHODS = {"6.1": ("kprobe", "tracepoint"), "6.12": ("fexit", "kprobe", "tracepoint")}
 OBJECT = "src/tcpaccept/bpf/aarch64/tcpaccept.bpf.o"
-PARALLEL_GUESTS = max(1, min(2, os.cpu_count() or 1))
 
 # The kernel suite's tests that go through arm64 code (kprobe arguments, the saved user
 # registers, syscall numbers), chosen for emulation's price (about 5 s a test, twice that on
@@ -56,7 +56,7 @@ SUITES = {
     # 6.1: the tracepoint programs' older paths (probe reads, no bpf_rdonly_cast).
     ("6.1", "tracepoint"): [*CORE, *TRACEPOINT],
 }
-RESULTS: dict[tuple[str, str], GuestResult | GuestError] = {}
+RESULTS: dict[tuple[str, str], Outcome] = {}
 
 
 def _suite(kernel: str, method: str, repo: Path, cache: Path) -> GuestResult:
@@ -71,36 +71,16 @@ def _suite(kernel: str, method: str, repo: Path, cache: Path) -> GuestResult:
 
 @pytest.fixture(scope="module")
 def suites(arm64_cache: Path, repo_root: Path) -> dict:
-    with concurrent.futures.ThreadPoolExecutor(PARALLEL_GUESTS) as pool:
-        futures = {pool.submit(_suite, k, m, repo_root, arm64_cache): (k, m) for k, m in SUITES}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                RESULTS[futures[future]] = future.result()
-            except GuestError as exc:
-                RESULTS[futures[future]] = exc
-    return RESULTS
+    return run_cells(SUITES, lambda k, m: _suite(k, m, repo_root, arm64_cache), RESULTS)
 
 
 def arm64_table() -> str:
-    lines = [f"{'kernel':<8} {'method':<11} {'result':<7} {'seconds':>8}  summary"]
-    for kernel, method in SUITES:
-        result = RESULTS.get((kernel, method))
-        if isinstance(result, GuestResult):
-            verdict = "pass" if result.returncode == 0 else "FAIL"
-            tail = result.output.strip().splitlines()[-1] if result.output.strip() else ""
-            lines.append(f"{kernel:<8} {method:<11} {verdict:<7} {result.seconds:>8.1f}  {tail}")
-        elif result is not None:
-            lines.append(f"{kernel:<8} {method:<11} {'ERROR':<7} {'-':>8}  {result}")
-    return "\n".join(lines)
+    return table(SUITES, RESULTS)
 
 
 @pytest.mark.parametrize("kernel,method", list(SUITES), ids=[f"{k}-{m}" for k, m in SUITES])
 def test_arm64_kernel_suite_passes(suites: dict, kernel: str, method: str) -> None:
-    result = suites[(kernel, method)]
-    if isinstance(result, GuestError):
-        pytest.fail(f"arm64 guest {kernel} failed: {result}", pytrace=False)
-    assert result.returncode == 0, result.output[-6000:]
-    assert " passed" in result.output and " failed" not in result.output
+    assert_suite_passed(suites[(kernel, method)], f"arm64 guest {kernel} {method}")
 
 
 # ---- the aarch64 wheel in the guest ----
