@@ -19,7 +19,7 @@ from .load_settings import configure, remote_key
 from .model import Container
 from .pidns import PidNamespace, shown_pid_namespace
 from .preflight import kernel_version
-from .ring_buffer import RingBuffer
+from .ring_buffer import MappedRing, RingBuffer, open_ring
 
 _libc = ctypes.CDLL(None)
 
@@ -45,7 +45,7 @@ class Tracer:
         self.rejected: dict[str, str] = {}  # method -> why it was not used
         self._object: Optional[libbpf.BpfObject] = None
         self._links: list[libbpf.Link] = []
-        self._ring: Optional[RingBuffer] = None
+        self._ring: Optional[Union[MappedRing, RingBuffer]] = None
         self._open_fds: list[int] = []
         self._lost_map: Optional[libbpf.Map] = None
         self._ncpus = 1
@@ -152,7 +152,7 @@ class Tracer:
                 self._links.append(program.attach_tracepoint(*probes.TWIN_TRACEPOINTS[name]))
         self._lost_map = obj.map("lost_events")
         self._outside_map = obj.map("outside_pid_namespace")
-        self._ring = RingBuffer(obj.map("events"))
+        self._ring = open_ring(obj.map("events"))
         ms = [round((t - started) * 1e3) for t in (opened, loaded, time.monotonic())]  # -v
         self.log(f"{plan.method}: opened, loaded ({len(plan.programs)} progs), attached: {ms} ms")
 

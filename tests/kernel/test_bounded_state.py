@@ -89,22 +89,27 @@ def test_a_renaming_process_is_one_summary_row() -> None:
 
 
 def test_many_accepts_in_one_summary_interval_keep_memory_flat() -> None:
-    warmup, count = 5000, 45000  # the old -s kept every latency of the interval
-    with accept_server(warmup + count) as server:
+    # The old -s kept every latency of the interval: ~69 B per accept (a397370 grew by
+    # 3.1 MB over 45,000). Two legs of 22,500 after a warm-up: such a leak grows both by
+    # 1.5 MB. What else the machine does (another suite's containers and listeners, which
+    # the listener table and the name resolver hold) can grow one leg, not both in step.
+    warmup, leg = 5000, 22500
+    with accept_server(warmup + 2 * leg) as server:
         run = start_tracer("--summary", "600", "-P", str(server.port))
         try:
             server.go()
             connect_many(server.port, warmup, destinations=200)
-            before = rss_kb(run.proc.pid) or 0
-            connect_many(server.port, count, destinations=200)
+            rss = [rss_kb(run.proc.pid) or 0]
+            for _ in range(2):
+                connect_many(server.port, leg, destinations=200)
+                rss.append(rss_kb(run.proc.pid) or 0)
             server.wait_done()
-            after = rss_kb(run.proc.pid) or 0
         finally:
             run.stop()
     (summary,) = [o for o in map(json.loads, run.lines) if o["event"] == "summary"]
     (row,) = summary["listeners"]
-    print(f"\n-s workload: {warmup + count} accepts in one interval: RSS {before} -> {after} kB")
-    assert row["accepts"] == warmup + count
-    # a397370 grew by 3.1 MB here (measured); this build by 0-0.3 MB (allocator noise and
-    # the drop monitor's namespace scans, which do not grow with accepts).
-    assert after - before < 1536, (before, after)
+    print(f"\n-s workload: {warmup + 2 * leg} accepts in one interval: RSS {rss} kB")
+    assert row["accepts"] == warmup + 2 * leg
+    # This build: 0-0.3 MB over both legs on a quiet machine (allocator noise).
+    growth = [after - before for before, after in zip(rss, rss[1:])]
+    assert min(growth) < 768, rss
