@@ -52,7 +52,11 @@ def test_drops_are_reported_and_equal_listen_overflows(namespace: NetNamespace) 
     resent_before = namespace.tcp_ext("TCPSynRetrans")
     run = start_tracer("--drops", "-P", str(port))
     _flood(namespace, server)
-    time.sleep(1.5)  # at least one sampling tick while tracing
+    # A report while tracing: the sampling interval grows with the listener table's read
+    # cost (a busy machine, many open files), so wait for the line, not a fixed time.
+    deadline = time.monotonic() + 60
+    while '"event": "drop"' not in run.stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
     _flood(namespace, server)  # these are left for the report at exit
     run.stop()
     delta = namespace.listen_overflows()[0] - before
