@@ -21,7 +21,7 @@ _EPOLL_EVENT_BYTES = 16
 
 
 class _Calls:
-    """The three foreign calls of the event loop, typed once.
+    """The foreign calls of the event loop, typed once.
 
     The wait releases the GIL (ctypes.CDLL): the writer thread runs meanwhile, and a signal
     ends it with EINTR. The consume keeps the GIL (ctypes.PyDLL): it runs one Python
@@ -96,8 +96,12 @@ class MappedRing:
         fd = ring_map.fd
         self._consumer_page = mmap.mmap(fd, page, mmap.MAP_SHARED,
                                         mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._pages = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
-                                offset=page)
+        try:
+            self._pages = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                    offset=page)
+        except OSError:
+            self._consumer_page.close()
+            raise
         # Native-order 8-byte views: one load or store each (struct's "<" reads bytewise).
         self._consumer_pos = memoryview(self._consumer_page).cast("Q")
         self._producer_pos = memoryview(self._pages)[:8].cast("Q")
@@ -184,7 +188,11 @@ class RingBuffer:
 
 
 def open_ring(ring_map: Map) -> Union[MappedRing, RingBuffer]:
-    """The reader for this machine (MappedRing's docstring says why x86-64 only)."""
+    """The reader for this machine (MappedRing's docstring says why x86-64 only); libbpf's
+    where the ring's pages cannot be mapped (libbpf then says why, if it cannot either)."""
     if platform.machine() == "x86_64":
-        return MappedRing(ring_map)
+        try:
+            return MappedRing(ring_map)
+        except OSError:
+            pass
     return RingBuffer(ring_map)
