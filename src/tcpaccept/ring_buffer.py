@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import platform
 import select
@@ -40,14 +41,9 @@ class _Calls:
         self.consume.argtypes = [ctypes.c_void_p]
 
 
-_calls: Optional[_Calls] = None
-
-
+@functools.cache
 def _foreign() -> _Calls:
-    global _calls
-    if _calls is None:
-        _calls = _Calls()
-    return _calls
+    return _Calls()
 
 
 class _Waiter:
@@ -122,8 +118,6 @@ class MappedRing:
         records: list[bytes] = []
         position = self._consumer_pos[0]
         end = self._producer_pos[0]
-        if position >= end:
-            return records
         pages, words, mask, start = self._pages, self._words, self._mask, self._data_start
         while position < end:
             at = start + (position & mask)
