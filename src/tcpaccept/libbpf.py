@@ -1,8 +1,8 @@
 """A thin ctypes binding over the system libbpf.so.1 (stable 1.x API).
 
 Each kernel object has an owner with a close(): BpfObject owns its programs and maps,
-Link owns an attachment, RingBuffer owns its epoll set. Errors become LibbpfError with the
-object, the step and libbpf's own message.
+Link owns an attachment (ring_buffer.py owns the ring readers). Errors become LibbpfError
+with the object, the step and libbpf's own message.
 """
 
 from __future__ import annotations
