@@ -295,7 +295,8 @@ def build_parser() -> OneLineParser:
                           "(cgroups, /proc and the container runtimes' state are read there)")
     run.add_argument("--ring-buffer", type=_ring_kib, default=4096, metavar="KIB",
                      help="kernel ring buffer size in KiB, a power of two >= 4 (default "
-                          "4096: ~37k events of headroom)")
+                          "4096: ~37k events of headroom); for printed lines only (-s and "
+                          "--metrics -q use one page)")
     run.add_argument("--check", action="store_true",
                      help="print what works on this kernel and exit")
     run.add_argument("--version", action="version", version=f"tcpaccept {__version__}")

@@ -5,9 +5,11 @@ that says when it evicts."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -23,7 +25,7 @@ from tests.support.accept_load import accept_server, connect_many, samples, scra
 from tests.support.child import free_port
 from tests.support.netns import NetNamespace
 from tests.support.servers import connect, start_server
-from tests.support.tracer import PROBE, start_tracer
+from tests.support.tracer import PROBE, TracerRun, start_tracer
 
 NETNS = str(os.stat("/proc/self/ns/net").st_ino)
 
@@ -111,6 +113,50 @@ def test_the_preallocated_listener_map_is_one_entry_when_nothing_aggregates() ->
                  aggregating.bpf_map("listener_stats").max_entries)
     assert sizes == (1, aggregate.listener_entries(
         libbpf.possible_cpus(), aggregate.Layouts.of_file(str(aggregating.bpf_object)).stats.size))
+
+
+BPF_MAP_TYPE_RINGBUF = 27
+
+
+def _ring_size_and_resident_kb(run: TracerRun) -> tuple[int, int]:
+    """The ring buffer this tracer holds (its own fds: max_entries) and what its mappings
+    of BPF maps keep resident (its smaps: the ring's data area is mapped twice)."""
+    pid = run.proc.pid
+    rings = {info["map_id"]: int(info["max_entries"]) for info in
+             (_fdinfo(pid, fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+             if info.get("map_type") == str(BPF_MAP_TYPE_RINGBUF)}  # by id: fds may repeat
+    (size,) = rings.values()
+    resident, in_map = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line[:1] in "0123456789abcdef" and " " in line and "-" in line.split()[0]:
+            in_map = line.endswith("anon_inode:bpf-map")
+        elif in_map and line.startswith("Rss:"):
+            resident += int(line.split()[1])
+    return size, resident
+
+
+def _fdinfo(pid: int, fd: str) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    except OSError:  # closed meanwhile
+        return {}
+    return {key: value.strip() for key, _, value in
+            (line.partition(":") for line in text.splitlines())}
+
+
+@pytest.mark.method_agnostic  # a map's size, set before load
+@pytest.mark.parametrize("mode", [("-s", "60"), ("--metrics", "PORT", "--quiet")],
+                         ids=["summary", "metrics-only"])
+def test_the_ring_buffer_is_one_page_when_nothing_prints_lines(mode: tuple[str, ...]) -> None:
+    """Nothing is submitted when no line prints (emit_records off): the default 4 MiB
+    ring, mapped twice and all resident, would be 8 MB of the agent's memory for nothing."""
+    args = [str(free_port()) if arg == "PORT" else arg for arg in mode]
+    with start_tracer(*args) as quiet, start_tracer() as printing:
+        quiet_ring, quiet_kb = _ring_size_and_resident_kb(quiet)
+        printing_ring, printing_kb = _ring_size_and_resident_kb(printing)
+    assert (quiet_ring, printing_ring) == (mmap.PAGESIZE, Config().ring_buffer_bytes)
+    # The printing tracer's two views of its 4 MiB ring are resident; the quiet one's not.
+    assert printing_kb >= 2 * printing_ring // 1024 > quiet_kb
 
 
 @pytest.mark.method_agnostic  # a map's bound
