@@ -48,9 +48,11 @@ SERVER_CODE = textwrap.dedent(
             peers = []
             for _ in range(int(cmd[1])):
                 time.sleep(float(cmd[2]))
+                before = time.monotonic()  # the kernel's accept lies between the two
                 c, addr = s.accept()
+                after = time.monotonic()
                 kept.append(c)
-                peers.append([addr[0], addr[1], c.fileno()])
+                peers.append([addr[0], addr[1], c.fileno(), before, after])
             print(json.dumps(peers), flush=True)
         elif cmd[0] == "nonblocking-accept":
             s.setblocking(False)
@@ -99,6 +101,11 @@ class Server:
         self.proc.stdin.flush()
 
     def collect(self) -> list[tuple[str, int, int]]:
+        return [(addr, port, fd) for addr, port, fd, _, _ in self.collect_timed()]
+
+    def collect_timed(self) -> list[tuple[str, int, int, float, float]]:
+        """As collect(), with the server's CLOCK_MONOTONIC (the BPF clock's) read just
+        before and just after each accept() call, in seconds."""
         assert self.proc.stdout
         return [tuple(p) for p in json.loads(self.proc.stdout.readline())]
 
