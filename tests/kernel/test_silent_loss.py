@@ -1,8 +1,9 @@
 """Issue 20 (all but io_uring): nothing is lost silently and nothing holds the tracer.
 
 Through the real command and the kernel: a stderr that is a full pipe nobody reads cannot
-hold SIGTERM; stalled-output notices come at most once a second and still add up to the
-total; `| head -1` on a quiet port ends within a second; SIGHUP drains, flushes and counts
+hold SIGTERM (it adds under a second to the same command's plain exit, measured beside it);
+stalled-output notices come at most once a second and still add up to the total;
+`| head -1` on a quiet port ends it within 1.5 s of a plain exit; SIGHUP drains, flushes and counts
 (rows + lost = accepts); a summary that cannot be written is said; an encrypted TLS key
 is one line, never a prompt; a --host-root holding nothing is one warning line.
 """
@@ -22,7 +23,7 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ import pytest
 from tests.kernel.test_hardening import STALLED, accept_load, wait_for
 from tests.support.leftovers import program_loaded as program_exists
 from tests.support.leftovers import record_programs as bpf_program_ids
-from tests.support.tracer import BANNER, tcpaccept_command
+from tests.support.tracer import BANNER, start_tracer, tcpaccept_command
+from tests.support.wakeups import WakeupDelays
 
 # Signals, pipes and stderr under load: timed at full speed, on the host.
 pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
@@ -100,6 +102,41 @@ def connect_and_accept(server: socket.socket) -> int:
     return port
 
 
+# What a stalled output or a closed pipe may add to an exit: the writer's last drain
+# (run.DRAIN_S, 0.3 s) and the reader watch (WATCH_S, 0.25 s), with room to spare.
+STALL_ALLOWANCE_S = 1.0
+
+
+def plain_exit_s(*args: str, flood: bool = False) -> float:
+    """SIGTERM -> exit of the same command with its output read: the reference a stalled
+    exit is held to, measured beside it. Load stretches every exit (the interpreter's
+    teardown, the kernel's detach of the programs): beside two test runs on 2 cores a
+    stalled exit took 1.66 s, over a fixed 1 s bound, for what the load made of the exit,
+    not the stall. With `flood`, it traces an accept flood of its own, as the stalled run
+    does, for a second before the signal."""
+    with contextlib.ExitStack() as stack:
+        if flood:
+            args = (*args, "-P", str(stack.enter_context(accept_load())))
+        with start_tracer(*args) as run:
+            if flood:
+                time.sleep(1.0)
+            started = time.monotonic()
+            run.proc.send_signal(signal.SIGTERM)
+            run.proc.wait(20)
+            return time.monotonic() - started
+
+
+def assert_prompt(took: float, references: Sequence[float], late: WakeupDelays,
+                  allowance: float = STALL_ALLOWANCE_S, *, what: str) -> None:
+    """took is within `allowance` of a plain exit (the slowest of those measured before and
+    after: the load may change meanwhile), plus the time the machine kept waking threads
+    waiting while took was measured (tests/support/wakeups.py)."""
+    reference = max(references)
+    assert took < reference + allowance + late.late_s, (
+        f"{took:.2f} s {what}; a plain SIGTERM exit took {reference:.2f} s, wake-ups were "
+        f"{late.late_s:.2f} s late in all (worst {late.worst_s:.2f} s)")
+
+
 def sighup_at_default() -> None:
     """In the child, before exec: SIGHUP at its default action, as a terminal's shell
     starts a command. The suite itself may run under nohup (SIGHUP ignored, and inherited),
@@ -114,7 +151,8 @@ def kill(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def test_sigterm_ends_the_tracer_within_1s_while_stderr_is_a_full_pipe() -> None:
+def test_a_full_stderr_pipe_adds_under_1s_to_sigterm() -> None:
+    reference = plain_exit_s("-P", "1")
     err_read, err_write = os.pipe()
     fill_pipe(err_write)  # nobody ever reads it: every stderr write would block
     with listener() as server:
@@ -137,23 +175,27 @@ def test_sigterm_ends_the_tracer_within_1s_while_stderr_is_a_full_pipe() -> None
                 return any(json.loads(r).get("rport") in seen for r in list(rows))
 
             assert wait_for(traced, 20, step=0.2), "the tracer never printed a row"
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            took = time.monotonic() - started
+            with WakeupDelays() as late:
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+                took = time.monotonic() - started
         finally:
             kill(proc)
             reader.join(5)
             os.close(err_read)
-    print(f"SIGTERM with a stalled stderr: exit after {took:.3f} s")
-    assert took < 1.0, f"{took:.2f} s from SIGTERM to exit with stderr stalled"
+    print(f"SIGTERM with a stalled stderr: exit after {took:.3f} s "
+          f"(wake-ups {late.late_s:.3f} s late)")
+    assert_prompt(took, [reference, plain_exit_s("-P", "1")], late,
+                  what="from SIGTERM to exit with stderr stalled")
     assert proc.returncode == 0
     left = [p for p in programs if program_exists(p)]
     assert not left, f"BPF programs still loaded after exit: {left}"
 
 
-def test_sigterm_ends_the_tracer_within_1s_while_stdout_and_stderr_are_both_stalled() -> None:
+def test_stalled_stdout_and_stderr_add_under_1s_to_sigterm() -> None:
+    reference = plain_exit_s(flood=True)
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     fill_pipe(out_write)
@@ -169,17 +211,20 @@ def test_sigterm_ends_the_tracer_within_1s_while_stdout_and_stderr_are_both_stal
             assert programs, "positive control: the tracer holds BPF programs"
             time.sleep(2.0)  # both queues fill: rows dropped, notices dropped
             assert proc.poll() is None, "the tracer ended on its own"
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            took = time.monotonic() - started
+            with WakeupDelays() as late:
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+                took = time.monotonic() - started
         finally:
             kill(proc)
             os.close(out_read)
             os.close(err_read)
-    print(f"SIGTERM with stdout and stderr stalled: exit after {took:.3f} s")
-    assert took < 1.0, f"{took:.2f} s from SIGTERM to exit with both outputs stalled"
+    print(f"SIGTERM with stdout and stderr stalled: exit after {took:.3f} s "
+          f"(wake-ups {late.late_s:.3f} s late)")
+    assert_prompt(took, [reference, plain_exit_s(flood=True)], late,
+                  what="from SIGTERM to exit with both outputs stalled")
     assert proc.returncode == 0
     left = [p for p in programs if program_exists(p)]
     assert not left, f"BPF programs still loaded after exit: {left}"
@@ -210,7 +255,8 @@ def test_stalled_output_notices_come_once_a_second_and_add_up_to_the_total() -> 
     assert sum(map(int, ANY_LOST.findall(run.stderr))) == total, run.stderr
 
 
-def test_head_1_on_a_quiet_port_ends_within_a_second() -> None:
+def test_head_1_on_a_quiet_port_ends_the_tracer_within_1_5s_of_a_plain_exit() -> None:
+    reference = plain_exit_s("-P", "1")
     with listener() as server:
         port = server.getsockname()[1]
         proc = subprocess.Popen(tcpaccept_command("-j", "-P", str(port)),
@@ -225,16 +271,19 @@ def test_head_1_on_a_quiet_port_ends_within_a_second() -> None:
             assert BANNER in run.stderr, run.stderr
             rport = connect_and_accept(server)
             line, _ = head.communicate(timeout=20)  # head prints the row and exits
-            head_exit = time.monotonic()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)  # no event follows: the port stays quiet
-            took = time.monotonic() - head_exit
+            with WakeupDelays() as late:
+                head_exit = time.monotonic()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)  # no event follows: the port stays quiet
+                took = time.monotonic() - head_exit
         finally:
             kill(head)
             run.finish()
-    print(f"`tcpaccept -j | head -1` on a quiet port: exit {took:.3f} s after head's")
+    print(f"`tcpaccept -j | head -1` on a quiet port: exit {took:.3f} s after head's "
+          f"(wake-ups {late.late_s:.3f} s late)")
     assert json.loads(line)["rport"] == rport
-    assert took < 1.5, f"tcpaccept lived {took:.2f} s after head -1 exited"
+    assert_prompt(took, [reference, plain_exit_s("-P", "1")], late, allowance=1.5,
+                  what="from head -1's exit to tcpaccept's")
     assert proc.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
 
@@ -272,6 +321,7 @@ def test_sighup_drains_flushes_and_counts_like_sigterm() -> None:
 
 
 def test_a_summary_that_cannot_be_written_is_said_and_sigterm_is_prompt() -> None:
+    reference = plain_exit_s("-s", "0.2", "-P", "1")
     read_end, write_end = os.pipe()
     fill_pipe(write_end)  # stdout stalled from the start: no table can get out
     with listener() as server:
@@ -286,17 +336,19 @@ def test_a_summary_that_cannot_be_written_is_said_and_sigterm_is_prompt() -> Non
             for _ in range(10):
                 connect_and_accept(server)
                 time.sleep(0.1)
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            took = time.monotonic() - started
+            with WakeupDelays() as late:
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+                took = time.monotonic() - started
         finally:
             run.finish()
             os.close(read_end)
     summaries = [int(n) for n in
                  re.findall(r"^Lost (\d+) summaries \(output stalled\)$", run.stderr, re.M)]
-    assert took < 1.0, f"{took:.2f} s from SIGTERM to exit in summary mode"
+    assert_prompt(took, [reference, plain_exit_s("-s", "0.2", "-P", "1")], late,
+                  what="from SIGTERM to exit in summary mode")
     assert proc.returncode == 0, run.stderr
     assert summaries and sum(summaries) >= 1, run.stderr
 
