@@ -49,8 +49,6 @@ from ..errors import TcpacceptError
 DEFAULT_LIMIT_BYTES = 4 << 20
 # Exit code for an output that cannot be written (README: "exit codes").
 OUTPUT_ERROR_EXIT = 1
-# How often flush(idle_s=...) looks whether the writer thread got anything out.
-_PROGRESS_CHECK_S = 0.02
 # Linux makes pipe writes of at most this many bytes atomic (pipe(7)).
 PIPE_BUF = select.PIPE_BUF
 # How often an idle writer looks whether the reader of its pipe or socket went away.
@@ -193,7 +191,9 @@ class OutputWriter:
                     last_progress, last_time = self._bytes_out, now
                 wait = deadline - now
                 if idle_s is not None:
-                    wait = min(wait, last_time + idle_s - now, _PROGRESS_CHECK_S)
+                    # Progress is looked at once per idle_s, not polled: every wake-up of
+                    # an exit path can wait long for a CPU on a loaded machine (0.9 s seen).
+                    wait = min(wait, last_time + idle_s - now)
                 if wait <= 0:
                     break
                 self._cond.wait(wait)
