@@ -23,7 +23,7 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from tests.kernel.test_hardening import STALLED, accept_load, wait_for
 from tests.support.leftovers import program_loaded as program_exists
 from tests.support.leftovers import record_programs as bpf_program_ids
 from tests.support.tracer import BANNER, start_tracer, tcpaccept_command
-from tests.support.wakeups import WakeupDelays
+from tests.support.wakeups import WakeupDelays, assert_prompt, timed_sigterm
 
 # Signals, pipes and stderr under load: timed at full speed, on the host.
 pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
@@ -102,11 +102,6 @@ def connect_and_accept(server: socket.socket) -> int:
     return port
 
 
-# What a stalled output or a closed pipe may add to an exit: the writer's last drain
-# (run.DRAIN_S, 0.3 s) and the reader watch (WATCH_S, 0.25 s), with room to spare.
-STALL_ALLOWANCE_S = 1.0
-
-
 def plain_exit_s(*args: str, flood: bool = False) -> float:
     """SIGTERM -> exit of the same command with its output read: the reference a stalled
     exit is held to, measured beside it. Load stretches every exit (the interpreter's
@@ -124,17 +119,6 @@ def plain_exit_s(*args: str, flood: bool = False) -> float:
             run.proc.send_signal(signal.SIGTERM)
             run.proc.wait(20)
             return time.monotonic() - started
-
-
-def assert_prompt(took: float, references: Sequence[float], late: WakeupDelays,
-                  allowance: float = STALL_ALLOWANCE_S, *, what: str) -> None:
-    """took is within `allowance` of a plain exit (the slowest of those measured before and
-    after: the load may change meanwhile), plus the time the machine kept waking threads
-    waiting while took was measured (tests/support/wakeups.py)."""
-    reference = max(references)
-    assert took < reference + allowance + late.late_s, (
-        f"{took:.2f} s {what}; a plain SIGTERM exit took {reference:.2f} s, wake-ups were "
-        f"{late.late_s:.2f} s late in all (worst {late.worst_s:.2f} s)")
 
 
 def sighup_at_default() -> None:
@@ -175,12 +159,7 @@ def test_a_full_stderr_pipe_adds_under_1s_to_sigterm() -> None:
                 return any(json.loads(r).get("rport") in seen for r in list(rows))
 
             assert wait_for(traced, 20, step=0.2), "the tracer never printed a row"
-            with WakeupDelays() as late:
-                started = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                took = time.monotonic() - started
+            took, late = timed_sigterm(proc)
         finally:
             kill(proc)
             reader.join(5)
@@ -211,12 +190,7 @@ def test_stalled_stdout_and_stderr_add_under_1s_to_sigterm() -> None:
             assert programs, "positive control: the tracer holds BPF programs"
             time.sleep(2.0)  # both queues fill: rows dropped, notices dropped
             assert proc.poll() is None, "the tracer ended on its own"
-            with WakeupDelays() as late:
-                started = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                took = time.monotonic() - started
+            took, late = timed_sigterm(proc)
         finally:
             kill(proc)
             os.close(out_read)
@@ -336,12 +310,7 @@ def test_a_summary_that_cannot_be_written_is_said_and_sigterm_is_prompt() -> Non
             for _ in range(10):
                 connect_and_accept(server)
                 time.sleep(0.1)
-            with WakeupDelays() as late:
-                started = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                took = time.monotonic() - started
+            took, late = timed_sigterm(proc)
         finally:
             run.finish()
             os.close(read_end)
