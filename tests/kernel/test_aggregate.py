@@ -121,27 +121,16 @@ BPF_MAP_TYPE_RINGBUF = 27
 def _ring_size_and_resident_kb(run: TracerRun) -> tuple[int, int]:
     """The ring buffer this tracer holds (its own fds: max_entries) and what its mappings
     of BPF maps keep resident (its smaps: the ring's data area is mapped twice)."""
-    pid = run.proc.pid
-    rings = {info["map_id"]: int(info["max_entries"]) for info in
-             (_fdinfo(pid, fd) for fd in os.listdir(f"/proc/{pid}/fd"))
-             if info.get("map_type") == str(BPF_MAP_TYPE_RINGBUF)}  # by id: fds may repeat
-    (size,) = rings.values()
+    (size,) = [int(info["max_entries"]) for info in run.bpf_fdinfo("map").values()
+               if info["map_type"] == str(BPF_MAP_TYPE_RINGBUF)]
     resident, in_map = 0, False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        if line[:1] in "0123456789abcdef" and " " in line and "-" in line.split()[0]:
+    for line in Path(f"/proc/{run.proc.pid}/smaps").read_text().splitlines():
+        first = line.split(maxsplit=1)[0]
+        if not first.endswith(":"):  # a mapping's header line, not one of its fields
             in_map = line.endswith("anon_inode:bpf-map")
-        elif in_map and line.startswith("Rss:"):
+        elif in_map and first == "Rss:":
             resident += int(line.split()[1])
     return size, resident
-
-
-def _fdinfo(pid: int, fd: str) -> dict[str, str]:
-    try:
-        text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-    except OSError:  # closed meanwhile
-        return {}
-    return {key: value.strip() for key, _, value in
-            (line.partition(":") for line in text.splitlines())}
 
 
 @pytest.mark.method_agnostic  # a map's size, set before load

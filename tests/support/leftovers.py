@@ -23,7 +23,7 @@ PROGRAMS_STARTED: set[int] = set()
 
 _BPF_PROG_GET_FD_BY_ID = 13
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
-_KINDS = {"prog": ("anon_inode:bpf-prog", "prog_id:"), "map": ("anon_inode:bpf-map", "map_id:")}
+_KINDS = {"prog": ("anon_inode:bpf-prog", "prog_id"), "map": ("anon_inode:bpf-map", "map_id")}
 
 
 def mark_run() -> str:
@@ -33,19 +33,27 @@ def mark_run() -> str:
     return os.environ[MARKER_ENV]
 
 
-def bpf_ids(pid: int, kind: str = "prog") -> set[int]:
-    """Ids of the BPF programs (or maps) process `pid` holds open: its own, by its fds."""
+def bpf_fdinfo(pid: int, kind: str = "prog") -> dict[int, dict[str, str]]:
+    """id -> the fdinfo fields (prog_type, map_type, max_entries, ...) of each BPF program
+    (or map) process `pid` holds open: its own, by its fds (one entry per id)."""
     link_text, key = _KINDS[kind]
-    ids = set()
+    found = {}
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{pid}/fd/{fd}") != link_text:
                     continue
-                for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
-                    if line.startswith(key):
-                        ids.add(int(line.split()[1]))
-    return ids
+                text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                fields = {name: value.strip() for name, _, value in
+                          (line.partition(":") for line in text.splitlines())}
+                if key in fields:
+                    found[int(fields[key])] = fields
+    return found
+
+
+def bpf_ids(pid: int, kind: str = "prog") -> set[int]:
+    """Ids of the BPF programs (or maps) process `pid` holds open: its own, by its fds."""
+    return set(bpf_fdinfo(pid, kind))
 
 
 def descendants(pid: int) -> list[int]:

@@ -69,6 +69,10 @@ class TracerRun:
         machine runs."""
         return leftovers.bpf_ids(self.proc.pid, kind)
 
+    def bpf_fdinfo(self, kind: str = "prog") -> dict[int, dict[str, str]]:
+        """As bpf_ids, with each one's fdinfo fields (type, max_entries, ...)."""
+        return leftovers.bpf_fdinfo(self.proc.pid, kind)
+
     @property
     def returncode(self) -> Optional[int]:
         return self.child.returncode
