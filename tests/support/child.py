@@ -29,10 +29,19 @@ class ChildError(Exception):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nothing holds right now on any address of either family, so that a
+    listener on [::] (the DaemonSet's --metrics [::]:PORT, dual-stack) can take it too: a
+    pick made on 127.0.0.1 cannot see a port held on IPv6 (EADDRINUSE seen twice, beside
+    13,000 sockets a load test left). IPv4 alone where IPv6 is off."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+            return s.getsockname()[1]
+    except OSError:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
 
 
 def peak_rss_kb(pid: int) -> Optional[int]:
