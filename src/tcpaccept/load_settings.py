@@ -14,9 +14,10 @@ from .pidns import PidNamespace
 
 
 def configure(rodata: DataSection, config: Config, layout: RecordLayout,
-              saved_regs: bool, cpus: int = 1,
+              saved_regs: bool, ring_bytes: int, cpus: int = 1,
               pid_namespace: Optional[PidNamespace] = None) -> None:
-    """Write the load-time settings, each by its name in the program's .rodata."""
+    """Write the load-time settings, each by its name in the program's .rodata;
+    `ring_bytes` is the size the ring is created with (not always --ring-buffer's)."""
     rodata.set("filter_pid", bool(config.pids))
     rodata.set("filter_lport", bool(config.lports))
     rodata.set("filter_uid", config.uid is not None)
@@ -37,7 +38,7 @@ def configure(rodata: DataSection, config: Config, layout: RecordLayout,
     rodata.set("queue_latency", config.queue_latency)
     # Each CPU wakes user space after its share of an eighth of the ring (sizing.py says
     # why per CPU); user space polls every 50 ms anyway.
-    slots = config.ring_buffer_bytes // layout.ring_slot_bytes
+    slots = ring_bytes // layout.ring_slot_bytes
     rodata.set("wakeup_batch", sizing.wakeup_batch(slots, cpus))
     rodata.set("in_pid_namespace", pid_namespace is not None)
     if pid_namespace is not None:

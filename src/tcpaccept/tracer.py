@@ -126,8 +126,8 @@ class Tracer:
         rodata = DataSection(obj, btf)
         self._ncpus = _possible_cpus()
         self.pid_namespace = shown_pid_namespace()
-        configure(rodata, self.config, self.layout, plan.saved_regs, self._ncpus,
-                  self.pid_namespace)
+        configure(rodata, self.config, self.layout, plan.saved_regs, self.ring_bytes(),
+                  self._ncpus, self.pid_namespace)
         for name, value in self.aggregation.items():
             rodata.set(name, value)
         aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"],

@@ -54,7 +54,7 @@ SIZES_PROBE = textwrap.dedent("""
                       "stamp_sets": int(info["max_entries"]),
                       "stamp_sets_rodata": int.from_bytes(
                           section[sets_offset:sets_offset + sets_size], "little"),
-                      "slots": tracer.config.ring_buffer_bytes // tracer.layout.ring_slot_bytes}))
+                      "slots": tracer.ring_bytes() // tracer.layout.ring_slot_bytes}))
     tracer.close()
 """)
 
