@@ -35,7 +35,8 @@ from tests.support.tracer import PROBE, attach_method, start_tracer
 REPO = Path(__file__).resolve().parents[2]
 
 # Loads the tracer in this process and prints what the kernel holds: the wakeup batch in
-# the loaded program's .rodata and the queue-latency map's capacity (fdinfo).
+# the loaded program's .rodata, and the capacities (fdinfo) of the queue-latency map and of
+# the ring buffer the batch is a share of.
 SIZES_PROBE = textwrap.dedent("""
     import json, struct, sys
     from tcpaccept.btf import Btf
@@ -48,13 +49,15 @@ SIZES_PROBE = textwrap.dedent("""
     offset, size = btf.datasec_vars(".rodata")["wakeup_batch"]
     sets_offset, sets_size = btf.datasec_vars(".rodata")["stamp_sets"]
     section = rodata.lookup(struct.pack("<I", 0), 1 << 16)  # more than the section
-    with open(f"/proc/self/fdinfo/{tracer.bpf_map('queue_stamps').fd}") as fdinfo:
-        info = dict(line.split(":", 1) for line in fdinfo if ":" in line)
+    def max_entries(name):
+        with open(f"/proc/self/fdinfo/{tracer.bpf_map(name).fd}") as fdinfo:
+            info = dict(line.split(":", 1) for line in fdinfo if ":" in line)
+        return int(info["max_entries"])
     print(json.dumps({"wakeup_batch": int.from_bytes(section[offset:offset + size], "little"),
-                      "stamp_sets": int(info["max_entries"]),
+                      "stamp_sets": max_entries("queue_stamps"),
                       "stamp_sets_rodata": int.from_bytes(
                           section[sets_offset:sets_offset + sets_size], "little"),
-                      "slots": tracer.ring_bytes() // tracer.layout.ring_slot_bytes}))
+                      "slots": max_entries("events") // tracer.layout.ring_slot_bytes}))
     tracer.close()
 """)
 
