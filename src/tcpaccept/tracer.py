@@ -126,14 +126,15 @@ class Tracer:
         rodata = DataSection(obj, btf)
         self._ncpus = _possible_cpus()
         self.pid_namespace = shown_pid_namespace()
-        configure(rodata, self.config, self.layout, plan.saved_regs, self.ring_bytes(),
+        ring_bytes = self.ring_bytes()  # the ring's size and the wakeup batch agree
+        configure(rodata, self.config, self.layout, plan.saved_regs, ring_bytes,
                   self._ncpus, self.pid_namespace)
         for name, value in self.aggregation.items():
             rodata.set(name, value)
         aggregate.size_maps(obj, remotes=self.aggregation["aggregate_remotes"],
                             aggregating=self.aggregation["aggregate"])
         self._check_filter_sizes(obj)
-        obj.map("events").set_max_entries(self.ring_bytes())
+        obj.map("events").set_max_entries(ring_bytes)
         sets = sizing.stamp_sets(self._ncpus)
         obj.map("queue_stamps").set_max_entries(sets)
         rodata.set("stamp_sets", sets)
